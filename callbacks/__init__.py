@@ -1,0 +1,1 @@
+"""Lightning callbacks implementing the compression methods (thin wrappers over ``kp_lightning``)."""

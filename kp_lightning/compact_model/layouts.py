@@ -1,0 +1,179 @@
+"""Where each supported encoder keeps its parts: one table entry per architecture.
+
+This file is copied into every compact export, so it imports nothing but the standard library.
+Paths are dotted attribute paths: encoder paths are relative to the base model (``model.bert``), layer
+paths relative to one layer, head paths relative to the task model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """Task head of one model class.
+
+    Attributes:
+        token_readers: Linear layers that read the hidden stream at every token (input columns follow the
+            kept hidden dimensions).
+        sequence_readers: Linear layers that read the hidden stream at one position per sequence.
+        lm_transform: Linear of an MLM transform whose output lives in the (tied) embedding space.
+        lm_norm: LayerNorm of that transform.
+        lm_decoder: Vocabulary projection reading the transform output, usually tied to the word embeddings.
+    """
+
+    token_readers: tuple[str, ...] = ()
+    sequence_readers: tuple[str, ...] = ()
+    lm_transform: str | None = None
+    lm_norm: str | None = None
+    lm_decoder: str | None = None
+
+    @property
+    def token_level(self) -> tuple[str, ...]:
+        """Head Linear layers applied at every token (the rest run once per sequence)."""
+        extra = tuple(p for p in (self.lm_transform, self.lm_decoder) if p)
+        return self.token_readers + extra
+
+
+@dataclass(frozen=True)
+class EncoderLayout:
+    """Module paths and config names of a post-LayerNorm BERT-style encoder."""
+
+    model_type: str
+    class_prefix: str
+    config_class: str
+    base_prefix: str
+    embedding_tables: tuple[str, ...]
+    embedding_norm: str
+    layers: str
+    attention_core: str
+    query: str
+    key: str
+    value: str
+    attention_out: str
+    attention_norm: str
+    ffn_up: str
+    ffn_down: str
+    ffn_norm: str
+    hidden_size_attr: str
+    num_heads_attr: str
+    intermediate_size_attr: str
+    num_layers_attr: str
+    pooler: str | None
+    heads: dict[str, HeadLayout] = field(default_factory=dict)
+
+    @property
+    def compact_model_type(self) -> str:
+        """``model_type`` written into the config of a compact export."""
+        return "kp_" + self.model_type
+
+
+_BERT_MLM = HeadLayout(
+    lm_transform="cls.predictions.transform.dense",
+    lm_norm="cls.predictions.transform.LayerNorm",
+    lm_decoder="cls.predictions.decoder",
+)
+
+LAYOUTS: dict[str, EncoderLayout] = {
+    "bert": EncoderLayout(
+        model_type="bert",
+        class_prefix="Bert",
+        config_class="BertConfig",
+        base_prefix="bert",
+        embedding_tables=("embeddings.word_embeddings", "embeddings.position_embeddings", "embeddings.token_type_embeddings"),
+        embedding_norm="embeddings.LayerNorm",
+        layers="encoder.layer",
+        attention_core="attention.self",
+        query="attention.self.query",
+        key="attention.self.key",
+        value="attention.self.value",
+        attention_out="attention.output.dense",
+        attention_norm="attention.output.LayerNorm",
+        ffn_up="intermediate.dense",
+        ffn_down="output.dense",
+        ffn_norm="output.LayerNorm",
+        hidden_size_attr="hidden_size",
+        num_heads_attr="num_attention_heads",
+        intermediate_size_attr="intermediate_size",
+        num_layers_attr="num_hidden_layers",
+        pooler="pooler.dense",
+        heads={
+            "Model": HeadLayout(),
+            "ForSequenceClassification": HeadLayout(),
+            "ForQuestionAnswering": HeadLayout(token_readers=("qa_outputs",)),
+            "ForMaskedLM": _BERT_MLM,
+            "ForPreTraining": _BERT_MLM,
+        },
+    ),
+    "roberta": EncoderLayout(
+        model_type="roberta",
+        class_prefix="Roberta",
+        config_class="RobertaConfig",
+        base_prefix="roberta",
+        embedding_tables=("embeddings.word_embeddings", "embeddings.position_embeddings", "embeddings.token_type_embeddings"),
+        embedding_norm="embeddings.LayerNorm",
+        layers="encoder.layer",
+        attention_core="attention.self",
+        query="attention.self.query",
+        key="attention.self.key",
+        value="attention.self.value",
+        attention_out="attention.output.dense",
+        attention_norm="attention.output.LayerNorm",
+        ffn_up="intermediate.dense",
+        ffn_down="output.dense",
+        ffn_norm="output.LayerNorm",
+        hidden_size_attr="hidden_size",
+        num_heads_attr="num_attention_heads",
+        intermediate_size_attr="intermediate_size",
+        num_layers_attr="num_hidden_layers",
+        pooler="pooler.dense",
+        heads={
+            "Model": HeadLayout(),
+            "ForSequenceClassification": HeadLayout(sequence_readers=("classifier.dense",)),
+            "ForQuestionAnswering": HeadLayout(token_readers=("qa_outputs",)),
+            "ForMaskedLM": HeadLayout(lm_transform="lm_head.dense", lm_norm="lm_head.layer_norm", lm_decoder="lm_head.decoder"),
+        },
+    ),
+    "distilbert": EncoderLayout(
+        model_type="distilbert",
+        class_prefix="DistilBert",
+        config_class="DistilBertConfig",
+        base_prefix="distilbert",
+        embedding_tables=("embeddings.word_embeddings", "embeddings.position_embeddings"),
+        embedding_norm="embeddings.LayerNorm",
+        layers="transformer.layer",
+        attention_core="attention",
+        query="attention.q_lin",
+        key="attention.k_lin",
+        value="attention.v_lin",
+        attention_out="attention.out_lin",
+        attention_norm="sa_layer_norm",
+        ffn_up="ffn.lin1",
+        ffn_down="ffn.lin2",
+        ffn_norm="output_layer_norm",
+        hidden_size_attr="dim",
+        num_heads_attr="n_heads",
+        intermediate_size_attr="hidden_dim",
+        num_layers_attr="n_layers",
+        pooler=None,
+        heads={
+            "Model": HeadLayout(),
+            "ForSequenceClassification": HeadLayout(sequence_readers=("pre_classifier",)),
+            "ForQuestionAnswering": HeadLayout(token_readers=("qa_outputs",)),
+            "ForMaskedLM": HeadLayout(
+                lm_transform="vocab_transform", lm_norm="vocab_layer_norm", lm_decoder="vocab_projector"
+            ),
+        },
+    ),
+}
+
+
+def layout_for_model_type(model_type: str) -> EncoderLayout | None:
+    """Layout of a stock (``bert``) or compact (``kp_bert``) model type, or None if unknown."""
+    return LAYOUTS.get(model_type.removeprefix("kp_"))
+
+
+def supported_classes() -> list[str]:
+    """Every supported model class name, for error messages and docs."""
+    return [layout.class_prefix + task for layout in LAYOUTS.values() for task in layout.heads]

@@ -1,0 +1,174 @@
+"""A uniform view of a BERT-style encoder (stock or compact), driven by the layout table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..compact_model.layouts import EncoderLayout, HeadLayout, layout_for_model_type, supported_classes
+from ..compact_model.modeling_kp import RemovedAttention, ZeroLinear, base_model_of, get_module, task_of
+
+
+class UnsupportedModelError(TypeError):
+    """Raised for a model whose architecture is not in the layout table."""
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """Current sizes of an encoder: what masks for it must match."""
+
+    hidden_size: int
+    head_size: int
+    heads: tuple[int, ...]
+    neurons: tuple[int, ...]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.heads)
+
+
+class LayerView:
+    """The prunable parts of one encoder layer."""
+
+    def __init__(self, index: int, module: nn.Module, layout: EncoderLayout, head_size: int):
+        self.index = index
+        self.module = module
+        self.layout = layout
+        self.head_size = head_size
+
+    def _get(self, path: str) -> nn.Module:
+        return get_module(self.module, path)
+
+    @property
+    def has_attention(self) -> bool:
+        return not isinstance(self._get(self.layout.attention_core), RemovedAttention)
+
+    @property
+    def has_ffn(self) -> bool:
+        return not isinstance(self._get(self.layout.ffn_down), ZeroLinear)
+
+    @property
+    def query(self) -> nn.Linear:
+        return self._get(self.layout.query)
+
+    @property
+    def key(self) -> nn.Linear:
+        return self._get(self.layout.key)
+
+    @property
+    def value(self) -> nn.Linear:
+        return self._get(self.layout.value)
+
+    @property
+    def attention_out(self) -> nn.Module:
+        return self._get(self.layout.attention_out)
+
+    @property
+    def attention_norm(self) -> nn.Module:
+        return self._get(self.layout.attention_norm)
+
+    @property
+    def ffn_up(self) -> nn.Module:
+        return self._get(self.layout.ffn_up)
+
+    @property
+    def ffn_down(self) -> nn.Module:
+        return self._get(self.layout.ffn_down)
+
+    @property
+    def ffn_norm(self) -> nn.Module:
+        return self._get(self.layout.ffn_norm)
+
+    @property
+    def num_heads(self) -> int:
+        return self.attention_out.in_features // self.head_size if self.has_attention else 0
+
+    @property
+    def num_neurons(self) -> int:
+        return self.ffn_up.out_features if self.has_ffn else 0
+
+
+class EncoderAdapter:
+    """Uniform access to the embeddings, layers, pooler and task head of a supported encoder.
+
+    Args:
+        model: A stock transformers model (``BertForSequenceClassification``, ``RobertaModel``, ...) or a
+            compact model built by kp_lightning.
+
+    Raises:
+        UnsupportedModelError: the architecture or model class is not in the layout table.
+    """
+
+    def __init__(self, model: nn.Module):
+        config = getattr(model, "config", None)
+        layout = layout_for_model_type(getattr(config, "model_type", "")) if config is not None else None
+        if layout is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} is not supported. Supported classes: {', '.join(supported_classes())}. "
+                "Another BERT-style encoder is added with one entry in kp_lightning/compact_model/layouts.py."
+            )
+        try:
+            self.task = task_of(model, layout)
+        except ValueError:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} is not supported (its architecture '{layout.model_type}' is, but not this "
+                f"task head). Supported classes: {', '.join(supported_classes())}."
+            ) from None
+        if getattr(config, "add_cross_attention", False) or getattr(config, "is_decoder", False):
+            raise UnsupportedModelError(f"{type(model).__name__} is configured as a decoder; only encoders are supported.")
+        self.model = model
+        self.layout = layout
+        self.config = config
+        self.base = base_model_of(model, layout)
+        self.head: HeadLayout = layout.heads[self.task]
+        self.head_size = getattr(config, layout.hidden_size_attr) // getattr(config, layout.num_heads_attr)
+        self.layers = [
+            LayerView(i, m, layout, self.head_size) for i, m in enumerate(get_module(self.base, layout.layers))
+        ]
+
+    @property
+    def is_compact(self) -> bool:
+        return getattr(self.config, "kp_structure", None) is not None
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return get_module(self.base, self.layout.embedding_tables[0])
+
+    @property
+    def embedding_tables(self) -> list[nn.Embedding]:
+        return [get_module(self.base, p) for p in self.layout.embedding_tables]
+
+    @property
+    def embedding_norm(self) -> nn.LayerNorm:
+        return get_module(self.base, self.layout.embedding_norm)
+
+    @property
+    def hidden_size(self) -> int:
+        """Current width of the hidden stream."""
+        return self.word_embeddings.embedding_dim
+
+    @property
+    def pooler(self) -> nn.Linear | None:
+        if self.layout.pooler is None or getattr(self.base, "pooler", None) is None:
+            return None
+        return get_module(self.base, self.layout.pooler)
+
+    def stream_readers(self) -> list[nn.Linear]:
+        """Pooler and head Linear layers that read the hidden stream (the MLM transform is separate)."""
+        readers = [self.pooler] if self.pooler is not None else []
+        paths = self.head.token_readers + self.head.sequence_readers
+        return readers + [get_module(self.model, p) for p in paths]
+
+    def encoder_modules(self) -> nn.Module:
+        """The module list of encoder layers."""
+        return get_module(self.base, self.layout.layers)
+
+    def shape(self) -> EncoderShape:
+        """Current sizes, per layer."""
+        return EncoderShape(
+            hidden_size=self.hidden_size,
+            head_size=self.head_size,
+            heads=tuple(layer.num_heads for layer in self.layers),
+            neurons=tuple(layer.num_neurons for layer in self.layers),
+        )

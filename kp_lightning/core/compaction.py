@@ -1,0 +1,147 @@
+"""Physical compaction: fold mask values into weights and slice away what the masks remove."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..compact_model.configuration_kp import COMPACT_CONFIG_CLASSES
+from ..compact_model.modeling_kp import COMPACT_MODEL_CLASSES
+from .adapter import EncoderAdapter
+from .masks import StructuralMasks
+from .structure import EncoderStructure
+
+PARENT_STRUCTURE_KEY = "kp_structure_record"
+
+
+@torch.no_grad()
+def compact(model: nn.Module, masks: StructuralMasks | EncoderStructure) -> nn.Module:
+    """Build a physically smaller model equal (in eval mode) to ``model`` with ``masks`` attached.
+
+    Soft mask values are folded into the weights; units with value 0 are sliced away; a removed sublayer
+    becomes the identity. ``model`` is not modified.
+
+    Args:
+        model: A supported encoder, stock or already compact.
+        masks: Masks (or a 0/1 structure) for the model's current shape.
+
+    Returns:
+        A ``KP<Class>`` model (a subclass of the stock class) whose ``config.kp_structure`` records its sizes.
+    """
+    adapter = EncoderAdapter(model)
+    shape = adapter.shape()
+    if isinstance(masks, EncoderStructure):
+        masks.validate(shape)
+        masks = StructuralMasks.from_structure(masks)
+    masks.validate(shape)
+    structure = masks.to_structure(shape)
+    state = _sliced_state_dict(adapter, masks, structure)
+
+    config_dict = model.config.to_dict()
+    config_dict.pop("auto_map", None)
+    config_dict["kp_structure"] = structure.kept_counts()
+    config_dict[PARENT_STRUCTURE_KEY] = _original_structure(model, structure).to_dict()
+    config = COMPACT_CONFIG_CLASSES[adapter.layout.model_type](**config_dict)
+    config._attn_implementation = model.config._attn_implementation
+    cls = COMPACT_MODEL_CLASSES[(adapter.layout.model_type, adapter.task)]
+    with torch.device("meta"):
+        small = cls(config)
+    small.load_state_dict(state, strict=True, assign=True)
+    buffers = dict(model.named_buffers())
+    for name, buf in small.named_buffers():
+        if buf.is_meta:
+            _set_buffer(small, name, buffers[name].clone())
+    small.tie_weights()
+    small.train(model.training)
+    return small
+
+
+def original_structure(model: nn.Module) -> EncoderStructure:
+    """What ``model`` keeps of the dense model it was compacted from (everything, for a dense model)."""
+    record = getattr(model.config, PARENT_STRUCTURE_KEY, None)
+    if record:
+        return EncoderStructure.from_dict(record)
+    return EncoderStructure.full(EncoderAdapter(model).shape())
+
+
+def _original_structure(model: nn.Module, structure: EncoderStructure) -> EncoderStructure:
+    return original_structure(model).compose(structure) if getattr(model.config, PARENT_STRUCTURE_KEY, None) else structure
+
+
+def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    model.get_submodule(owner).register_buffer(leaf, value, persistent=False)
+
+
+def _index(kept: list[int], device) -> torch.Tensor:
+    return torch.tensor(kept, dtype=torch.long, device=device)
+
+
+def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structure: EncoderStructure) -> dict:
+    """State dict of the compact model: the source state dict with prunable tensors folded and sliced."""
+    model = adapter.model
+    names = {module: name for name, module in model.named_modules()}
+    state = dict(model.state_dict())
+    device = masks.hidden.device
+    hid = _index(structure.hidden, device)
+    hidden = masks.hidden
+
+    def put(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        prefix = names[module] + "."
+        state[prefix + "weight"] = weight.contiguous()
+        if bias is not None:
+            state[prefix + "bias"] = bias.contiguous()
+
+    def drop(module: nn.Module) -> None:
+        prefix = names[module] + "."
+        for key in [k for k in state if k.startswith(prefix)]:
+            del state[key]
+
+    def norm(module: nn.LayerNorm) -> None:
+        put(module, (module.weight * hidden)[hid], (module.bias * hidden)[hid])
+
+    def reader(module: nn.Linear) -> None:
+        put(module, module.weight[:, hid], module.bias)
+
+    for table in adapter.embedding_tables:
+        put(table, table.weight[:, hid])
+    norm(adapter.embedding_norm)
+
+    for view, heads, neurons in zip(adapter.layers, structure.heads, structure.neurons, strict=True):
+        i, dh = view.index, view.head_size
+        if view.has_attention and not heads:
+            for module in (view.query, view.key, view.value, view.attention_out, view.attention_norm):
+                drop(module)
+        elif view.has_attention:
+            dims = _index([h * dh + j for h in heads for j in range(dh)], device)
+            for proj in (view.query, view.key, view.value):
+                put(proj, proj.weight[dims][:, hid], proj.bias[dims])
+            out = view.attention_out
+            col_scale = masks.head[i].repeat_interleave(dh)[dims]
+            row_scale = (masks.attention[i] * hidden)[hid]
+            weight = out.weight[hid][:, dims] * col_scale * row_scale[:, None]
+            put(out, weight, out.bias[hid] * row_scale)
+            norm(view.attention_norm)
+        if view.has_ffn and not neurons:
+            for module in (view.ffn_up, view.ffn_down, view.ffn_norm):
+                drop(module)
+        elif view.has_ffn:
+            kept = _index(neurons, device)
+            up, down = view.ffn_up, view.ffn_down
+            put(up, up.weight[kept][:, hid], up.bias[kept])
+            row_scale = (masks.ffn[i] * hidden)[hid]
+            weight = down.weight[hid][:, kept] * masks.neuron[i][kept] * row_scale[:, None]
+            put(down, weight, down.bias[hid] * row_scale)
+            norm(view.ffn_norm)
+
+    for module in adapter.stream_readers():
+        reader(module)
+    head = adapter.head
+    if head.lm_transform:
+        transform = model.get_submodule(head.lm_transform)
+        put(transform, transform.weight[hid][:, hid], transform.bias[hid])
+        lm_norm = model.get_submodule(head.lm_norm)
+        put(lm_norm, lm_norm.weight[hid], lm_norm.bias[hid])
+        decoder = model.get_submodule(head.lm_decoder)
+        put(decoder, decoder.weight[:, hid])
+    return state

@@ -1,0 +1,147 @@
+"""Apply :class:`StructuralMasks` to a model through forward hooks, leaving the weights untouched.
+
+Where each mask acts (the same semantics :func:`compact` reproduces with smaller weights):
+
+* head mask: scales each head's context vector (pre-hook on the attention output projection), so it works
+  with eager, sdpa and any other attention kernel;
+* neuron mask: scales the FFN activation (pre-hook on the down projection);
+* sublayer scale and hidden mask: scale the output projection's output (bias included);
+* hidden mask: every residual-stream LayerNorm normalises over the non-zero dims only and its output is scaled
+  by the mask, so pruned dims stay exactly zero; the MLM transform LayerNorm also normalises over kept dims;
+* a removed sublayer (scale 0 or no unit left) outputs zeros and its LayerNorm passes its input through,
+  which makes the sublayer the identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapter import EncoderAdapter
+from .masks import StructuralMasks
+
+
+def masked_layer_norm(norm: nn.LayerNorm, x: torch.Tensor, hidden: torch.Tensor, scale: bool) -> torch.Tensor:
+    """LayerNorm over the dims where ``hidden`` is non-zero; zeros elsewhere; optionally scaled by ``hidden``."""
+    kept = torch.nonzero(hidden != 0).flatten()
+    out = x.new_zeros(x.shape)
+    normed = F.layer_norm(x.index_select(-1, kept), (kept.numel(),), norm.weight[kept], norm.bias[kept], norm.eps)
+    out = out.index_copy(-1, kept, normed)
+    return out * hidden if scale else out
+
+
+def _all_ones(t: torch.Tensor) -> bool:
+    return bool((t == 1).all())
+
+
+class MaskHandle:
+    """Attached mask hooks; :meth:`detach` removes them. Also a context manager."""
+
+    def __init__(self, masks: StructuralMasks):
+        self.masks = masks
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def add(self, handle: torch.utils.hooks.RemovableHandle) -> None:
+        self._handles.append(handle)
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> MaskHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+
+def attach_masks(model: nn.Module, masks: StructuralMasks) -> MaskHandle:
+    """Register hooks that apply ``masks`` to ``model``.
+
+    Args:
+        model: A supported encoder (see :class:`EncoderAdapter`).
+        masks: Masks matching the model's current shape; read at every forward.
+
+    Returns:
+        A handle; call ``detach()`` (or use it as a context manager) to remove the hooks.
+    """
+    adapter = EncoderAdapter(model)
+    masks.validate(adapter.shape())
+    handle = MaskHandle(masks)
+    for view in adapter.layers:
+        i = view.index
+        if view.has_attention:
+            head_size = view.head_size
+            handle.add(view.attention_out.register_forward_pre_hook(_head_scale(masks, i, head_size)))
+            handle.add(view.attention_out.register_forward_hook(_output_scale(masks, i, lambda m, i=i: m.attention_removed(i), "attention")))
+            handle.add(view.attention_norm.register_forward_hook(_sublayer_norm(masks, lambda m, i=i: m.attention_removed(i))))
+        if view.has_ffn:
+            handle.add(view.ffn_down.register_forward_pre_hook(_neuron_scale(masks, i)))
+            handle.add(view.ffn_down.register_forward_hook(_output_scale(masks, i, lambda m, i=i: m.ffn_removed(i), "ffn")))
+            handle.add(view.ffn_norm.register_forward_hook(_sublayer_norm(masks, lambda m, i=i: m.ffn_removed(i))))
+    handle.add(adapter.embedding_norm.register_forward_hook(_stream_norm(masks, scale=True)))
+    if adapter.head.lm_norm:
+        handle.add(adapter.model.get_submodule(adapter.head.lm_norm).register_forward_hook(_stream_norm(masks, scale=False)))
+    return handle
+
+
+def _head_scale(masks: StructuralMasks, layer: int, head_size: int) -> Callable:
+    def hook(module, args):
+        head = masks.head[layer]
+        if _all_ones(head):
+            return None
+        return (args[0] * head.to(args[0].dtype).repeat_interleave(head_size),) + tuple(args[1:])
+
+    return hook
+
+
+def _neuron_scale(masks: StructuralMasks, layer: int) -> Callable:
+    def hook(module, args):
+        neuron = masks.neuron[layer]
+        if _all_ones(neuron):
+            return None
+        return (args[0] * neuron.to(args[0].dtype),) + tuple(args[1:])
+
+    return hook
+
+
+def _output_scale(masks: StructuralMasks, layer: int, removed: Callable, kind: str) -> Callable:
+    def hook(module, args, output):
+        if removed(masks):
+            return torch.zeros_like(output)
+        scale = getattr(masks, kind)[layer]
+        hidden = masks.hidden
+        if _all_ones(hidden) and bool(scale == 1):
+            return None
+        return output * (scale * hidden).to(output.dtype)
+
+    return hook
+
+
+def _sublayer_norm(masks: StructuralMasks, removed: Callable) -> Callable:
+    def hook(module, args, output):
+        if removed(masks):
+            return args[0]
+        if _all_ones(masks.hidden):
+            return None
+        return masked_layer_norm(module, args[0], masks.hidden.to(args[0].dtype), scale=True)
+
+    return hook
+
+
+def _stream_norm(masks: StructuralMasks, scale: bool) -> Callable:
+    def hook(module, args, output):
+        hidden = masks.hidden
+        if _all_ones(hidden) or (not scale and bool((hidden != 0).all())):
+            return None
+        return masked_layer_norm(module, args[0], hidden.to(args[0].dtype), scale=scale)
+
+    return hook
