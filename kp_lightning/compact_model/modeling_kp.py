@@ -27,7 +27,7 @@ class ZeroLinear(nn.Module):
         return x.new_zeros(*x.shape[:-1], self.out_features)
 
 
-class RemovedAttention(nn.Module):
+class RemovedMHA(nn.Module):
     """Stands in for the attention core (the module holding Q/K/V) of a removed attention sublayer."""
 
     def __init__(self, out_features: int):
@@ -85,7 +85,7 @@ def _sized_embedding(old: nn.Embedding, dim: int) -> nn.Embedding:
 def remove_attention(layer: nn.Module, layout: EncoderLayout, hidden: int) -> None:
     """Turn a layer's attention sublayer into the identity."""
     inside = attention_out_inside_core(layout)
-    set_module(layer, layout.attention_core, RemovedAttention(hidden if inside else 0))
+    set_module(layer, layout.attention_core, RemovedMHA(hidden if inside else 0))
     if not inside:
         set_module(layer, layout.attention_out, ZeroLinear(hidden))
     set_module(layer, layout.attention_norm, nn.Identity())

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..compact_model.layouts import EncoderLayout, HeadLayout, layout_for_model_type, supported_classes
-from ..compact_model.modeling_kp import RemovedAttention, ZeroLinear, base_model_of, get_module, task_of
+from ..compact_model.modeling_kp import RemovedMHA, ZeroLinear, base_model_of, get_module, task_of
 
 
 class UnsupportedModelError(TypeError):
@@ -42,7 +42,7 @@ class LayerView:
 
     @property
     def has_attention(self) -> bool:
-        return not isinstance(self._get(self.layout.attention_core), RemovedAttention)
+        return not isinstance(self._get(self.layout.attention_core), RemovedMHA)
 
     @property
     def has_ffn(self) -> bool:

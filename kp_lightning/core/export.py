@@ -1,0 +1,170 @@
+"""Save compressed models as self-contained directories and load them back (safetensors + JSON only)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+
+from ..compact_model import configuration_kp, layouts, modeling_kp
+from ..compact_model.modeling_kp import COMPACT_MODEL_CLASSES
+from ..compact_model.registration import auto_map
+from .adapter import EncoderAdapter
+from .compaction import compact
+from .masks import StructuralMasks
+from .model_card import render_model_card
+from .report import compression_report
+from .structure import EncoderStructure
+
+REMOTE_CODE_FILES = (configuration_kp.__file__, modeling_kp.__file__, layouts.__file__)
+REPORT_FILE = "compression_report.json"
+
+
+class ExportError(ValueError):
+    """Raised when a model cannot be exported the way that was asked."""
+
+
+@contextmanager
+def _staging_dir(out_dir: Path, overwrite: bool):
+    """Write into a temporary sibling directory and move it into place only when everything succeeded."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(f"{out_dir} exists and is not empty; pass overwrite=True or choose another directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+
+
+def _write_common(staging: Path, model: nn.Module, kind: str, tokenizer, reference, report_extra: dict) -> None:
+    model.save_pretrained(staging)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging)
+    report = compression_report(model, reference=reference, export=kind, **report_extra)
+    (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+    base = report_extra.get("base_model") or getattr(reference, "name_or_path", None) or None
+    render_model_card(report, kind, base_model=base or None, method=report_extra.get("method")).save(staging / "README.md")
+
+
+def export_compact(
+    model: nn.Module,
+    out_dir: str | Path,
+    masks: StructuralMasks | EncoderStructure | None = None,
+    tokenizer=None,
+    reference: nn.Module | None = None,
+    overwrite: bool = False,
+    **report_extra,
+) -> Path:
+    """Save a physically compacted model that loads with or without kp_lightning.
+
+    Writes ``model.safetensors``, ``config.json`` (with ``kp_structure`` and an ``auto_map``), the small
+    modeling code, tokenizer files (when given), ``README.md`` and ``compression_report.json``.
+
+    Args:
+        model: A supported encoder, stock or compact.
+        out_dir: Target directory; written atomically.
+        masks: If given, ``model`` is compacted with them first.
+        tokenizer: Saved alongside when given.
+        reference: The dense model, for the report's ratios (defaults to ``model`` itself when masks are given).
+        overwrite: Replace a non-empty ``out_dir``.
+        **report_extra: Extra report fields (method, metrics, timings, base_model, ...).
+
+    Returns:
+        The export directory.
+    """
+    out_dir = Path(out_dir)
+    if masks is not None:
+        reference = reference if reference is not None else model
+    small = compact(model, masks if masks is not None else StructuralMasks.ones(EncoderAdapter(model).shape()))
+    small.config.auto_map = auto_map(EncoderAdapter(small).layout.model_type)
+    with _staging_dir(out_dir, overwrite) as staging:
+        _write_common(staging, small, "compact", tokenizer, reference, report_extra)
+        for path in REMOTE_CODE_FILES:
+            shutil.copy(path, staging / Path(path).name)
+    return out_dir
+
+
+@torch.no_grad()
+def fold_masks_dense(model: nn.Module, masks: StructuralMasks) -> nn.Module:
+    """A copy of a stock model whose weights carry ``masks`` (zeros for pruned units), same architecture.
+
+    Raises:
+        ExportError: the masks prune hidden dims or remove a whole sublayer, which a stock model cannot express.
+    """
+    adapter = EncoderAdapter(model)
+    masks.validate(adapter.shape())
+    if adapter.is_compact:
+        raise ExportError("a compact model has no stock architecture; use export_compact")
+    if not bool((masks.hidden == 1).all()):
+        raise ExportError("hidden-dimension masks cannot be expressed in a stock model; use export_compact")
+    removed = [i for i in range(len(adapter.layers)) if masks.attention_removed(i) or masks.ffn_removed(i)]
+    if removed:
+        raise ExportError(f"layers {removed} lose a whole sublayer, which a stock model cannot express; use export_compact")
+    dense = copy.deepcopy(model)
+    for view in EncoderAdapter(dense).layers:
+        i, dh = view.index, view.head_size
+        head = masks.head[i].repeat_interleave(dh)
+        for proj in (view.query, view.key, view.value):
+            proj.weight[head == 0] = 0
+            proj.bias[head == 0] = 0
+        view.attention_out.weight.mul_(head * masks.attention[i])
+        view.attention_out.bias.mul_(masks.attention[i])
+        neuron = masks.neuron[i]
+        view.ffn_up.weight[neuron == 0] = 0
+        view.ffn_up.bias[neuron == 0] = 0
+        view.ffn_down.weight.mul_(neuron * masks.ffn[i])
+        view.ffn_down.bias.mul_(masks.ffn[i])
+    return dense
+
+
+def export_dense(
+    model: nn.Module,
+    out_dir: str | Path,
+    masks: StructuralMasks | None = None,
+    tokenizer=None,
+    reference: nn.Module | None = None,
+    overwrite: bool = False,
+    **report_extra,
+) -> Path:
+    """Save a stock-architecture model (pruned weights left as zeros) that plain ``AutoModel`` loads.
+
+    Suits unstructured sparsity (Prune Once for All) and head/neuron masks without removed sublayers.
+    """
+    out_dir = Path(out_dir)
+    if EncoderAdapter(model).is_compact:
+        raise ExportError("a compact model has no stock architecture; use export_compact")
+    dense = fold_masks_dense(model, masks) if masks is not None else model
+    with _staging_dir(out_dir, overwrite) as staging:
+        _write_common(staging, dense, "dense", tokenizer, reference, report_extra)
+    return out_dir
+
+
+def load_compressed(path: str | Path, **kwargs) -> nn.Module:
+    """Load an export written by :func:`export_compact` or :func:`export_dense` (no remote code needed).
+
+    Raises:
+        ExportError: the directory is not a kp_lightning export.
+    """
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file() or not (path / "model.safetensors").is_file():
+        raise ExportError(f"{path} is not an export: it needs config.json and model.safetensors")
+    config = json.loads(config_file.read_text())
+    architecture = (config.get("architectures") or [None])[0]
+    classes = {cls.__name__: cls for cls in COMPACT_MODEL_CLASSES.values()}
+    cls = classes.get(architecture) or getattr(transformers, architecture or "", None)
+    if cls is None:
+        raise ExportError(f"{config_file} names architecture {architecture!r}, which kp_lightning cannot load")
+    return cls.from_pretrained(path, use_safetensors=True, **kwargs)

@@ -1,0 +1,95 @@
+"""Analytic FLOPs (K-prune's cost model) and a cross-check with ``FlopCounterMode``.
+
+Per sequence of length ``n``, hidden width ``d`` and head size ``d_h`` (kprune.md §1), counting 2 FLOPs per
+multiply-accumulate of the matrix products; embeddings, LayerNorm, biases and softmax are ignored::
+
+    F_head   = 3·2·d·d_h·n + 2·2·n²·d_h + 2·d_h·n·d
+    F_neuron = 2·2·n·d
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .adapter import EncoderAdapter, EncoderShape
+
+
+def head_flops(hidden_size: int, head_size: int, seq_len: int) -> int:
+    """FLOPs of one attention head for one sequence."""
+    d, dh, n = hidden_size, head_size, seq_len
+    return 6 * d * dh * n + 4 * n * n * dh + 2 * dh * n * d
+
+
+def neuron_flops(hidden_size: int, seq_len: int) -> int:
+    """FLOPs of one FFN neuron for one sequence."""
+    return 4 * seq_len * hidden_size
+
+
+def encoder_flops(shape: EncoderShape, seq_len: int) -> int:
+    """FLOPs of all encoder layers for one sequence."""
+    fh = head_flops(shape.hidden_size, shape.head_size, seq_len)
+    fn = neuron_flops(shape.hidden_size, seq_len)
+    return sum(h * fh + n * fn for h, n in zip(shape.heads, shape.neurons, strict=True))
+
+
+def head_linear_flops(model: nn.Module, seq_len: int) -> int:
+    """FLOPs of the pooler and task head Linear layers for one sequence."""
+    adapter = EncoderAdapter(model)
+    encoder = adapter.encoder_modules()
+    inside = {id(m) for m in encoder.modules()}
+    token_level = {id(model.get_submodule(p)) for p in adapter.head.token_level}
+    total = 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and id(module) not in inside:
+            rows = seq_len if id(module) in token_level else 1
+            total += 2 * rows * module.in_features * module.out_features
+    return total
+
+
+def model_flops(model: nn.Module, seq_len: int) -> dict[str, int]:
+    """Analytic FLOPs for one sequence: encoder, head (pooler + task head) and total."""
+    enc = encoder_flops(EncoderAdapter(model).shape(), seq_len)
+    head = head_linear_flops(model, seq_len)
+    return {"encoder": enc, "head": head, "total": enc + head}
+
+
+@torch.no_grad()
+def measured_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> dict[str, int]:
+    """FLOPs per sequence counted by ``FlopCounterMode`` on a random input: encoder layers and total.
+
+    Attention runs in eager mode while counting (fused CPU attention kernels have no FLOP formula).
+    """
+    adapter = EncoderAdapter(model)
+    device = next(model.parameters()).device
+    vocab = adapter.word_embeddings.num_embeddings
+    ids = torch.randint(0, vocab, (batch_size, seq_len), device=device)
+    was_training = model.training
+    attn_implementation = model.config._attn_implementation
+    model.eval()
+    model.set_attn_implementation("eager")
+    counter = FlopCounterMode(display=False)
+    encoder_flops_total = 0
+    handles = []
+    layer_counts: list[int] = []
+
+    def before(module, args):
+        layer_counts.append(counter.get_total_flops())
+
+    def after(module, args, output):
+        nonlocal encoder_flops_total
+        encoder_flops_total += counter.get_total_flops() - layer_counts.pop()
+
+    for layer in adapter.encoder_modules():
+        handles.append(layer.register_forward_pre_hook(before))
+        handles.append(layer.register_forward_hook(after))
+    try:
+        with counter:
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+        model.set_attn_implementation(attn_implementation)
+    return {"encoder": encoder_flops_total // batch_size, "total": counter.get_total_flops() // batch_size}
