@@ -81,7 +81,11 @@ LAYOUTS: dict[str, EncoderLayout] = {
         class_prefix="Bert",
         config_class="BertConfig",
         base_prefix="bert",
-        embedding_tables=("embeddings.word_embeddings", "embeddings.position_embeddings", "embeddings.token_type_embeddings"),
+        embedding_tables=(
+            "embeddings.word_embeddings",
+            "embeddings.position_embeddings",
+            "embeddings.token_type_embeddings",
+        ),
         embedding_norm="embeddings.LayerNorm",
         layers="encoder.layer",
         attention_core="attention.self",
@@ -111,7 +115,11 @@ LAYOUTS: dict[str, EncoderLayout] = {
         class_prefix="Roberta",
         config_class="RobertaConfig",
         base_prefix="roberta",
-        embedding_tables=("embeddings.word_embeddings", "embeddings.position_embeddings", "embeddings.token_type_embeddings"),
+        embedding_tables=(
+            "embeddings.word_embeddings",
+            "embeddings.position_embeddings",
+            "embeddings.token_type_embeddings",
+        ),
         embedding_norm="embeddings.LayerNorm",
         layers="encoder.layer",
         attention_core="attention.self",
@@ -132,7 +140,9 @@ LAYOUTS: dict[str, EncoderLayout] = {
             "Model": HeadLayout(),
             "ForSequenceClassification": HeadLayout(sequence_readers=("classifier.dense",)),
             "ForQuestionAnswering": HeadLayout(token_readers=("qa_outputs",)),
-            "ForMaskedLM": HeadLayout(lm_transform="lm_head.dense", lm_norm="lm_head.layer_norm", lm_decoder="lm_head.decoder"),
+            "ForMaskedLM": HeadLayout(
+                lm_transform="lm_head.dense", lm_norm="lm_head.layer_norm", lm_decoder="lm_head.decoder"
+            ),
         },
     ),
     "distilbert": EncoderLayout(

@@ -63,8 +63,8 @@ def task_of(model: nn.Module, layout: EncoderLayout) -> str:
     """Task suffix of a model class, e.g. ``ForSequenceClassification``."""
     for cls in type(model).__mro__:
         name = cls.__name__.removeprefix("KP")
-        if name.startswith(layout.class_prefix) and name[len(layout.class_prefix):] in layout.heads:
-            return name[len(layout.class_prefix):]
+        if name.startswith(layout.class_prefix) and name[len(layout.class_prefix) :] in layout.heads:
+            return name[len(layout.class_prefix) :]
     raise ValueError(f"{type(model).__name__} is not a supported {layout.class_prefix} class")
 
 

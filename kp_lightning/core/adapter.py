@@ -116,7 +116,9 @@ class EncoderAdapter:
                 f"task head). Supported classes: {', '.join(supported_classes())}."
             ) from None
         if getattr(config, "add_cross_attention", False) or getattr(config, "is_decoder", False):
-            raise UnsupportedModelError(f"{type(model).__name__} is configured as a decoder; only encoders are supported.")
+            raise UnsupportedModelError(
+                f"{type(model).__name__} is configured as a decoder; only encoders are supported."
+            )
         self.model = model
         self.layout = layout
         self.config = config

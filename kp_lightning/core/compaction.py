@@ -65,7 +65,9 @@ def original_structure(model: nn.Module) -> EncoderStructure:
 
 
 def _original_structure(model: nn.Module, structure: EncoderStructure) -> EncoderStructure:
-    return original_structure(model).compose(structure) if getattr(model.config, PARENT_STRUCTURE_KEY, None) else structure
+    return (
+        original_structure(model).compose(structure) if getattr(model.config, PARENT_STRUCTURE_KEY, None) else structure
+    )
 
 
 def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:

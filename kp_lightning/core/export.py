@@ -55,7 +55,9 @@ def _write_common(staging: Path, model: nn.Module, kind: str, tokenizer, referen
     report = compression_report(model, reference=reference, export=kind, **report_extra)
     (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
     base = report_extra.get("base_model") or getattr(reference, "name_or_path", None) or None
-    render_model_card(report, kind, base_model=base or None, method=report_extra.get("method")).save(staging / "README.md")
+    render_model_card(report, kind, base_model=base or None, method=report_extra.get("method")).save(
+        staging / "README.md"
+    )
 
 
 def export_compact(
@@ -111,7 +113,9 @@ def fold_masks_dense(model: nn.Module, masks: StructuralMasks) -> nn.Module:
         raise ExportError("hidden-dimension masks cannot be expressed in a stock model; use export_compact")
     removed = [i for i in range(len(adapter.layers)) if masks.attention_removed(i) or masks.ffn_removed(i)]
     if removed:
-        raise ExportError(f"layers {removed} lose a whole sublayer, which a stock model cannot express; use export_compact")
+        raise ExportError(
+            f"layers {removed} lose a whole sublayer, which a stock model cannot express; use export_compact"
+        )
     dense = copy.deepcopy(model)
     for view in EncoderAdapter(dense).layers:
         i, dh = view.index, view.head_size

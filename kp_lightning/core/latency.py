@@ -58,7 +58,13 @@ def measure_latency(
             )
             m = timer.blocked_autorange(min_run_time=min_run_time)
             results.append(
-                {"batch_size": batch, "seq_len": seq, "median_ms": m.median * 1e3, "iqr_ms": m.iqr * 1e3, "runs": len(m.times)}
+                {
+                    "batch_size": batch,
+                    "seq_len": seq,
+                    "median_ms": m.median * 1e3,
+                    "iqr_ms": m.iqr * 1e3,
+                    "runs": len(m.times),
+                }
             )
     model.train(was_training)
     return {"environment": environment(model), "results": results}

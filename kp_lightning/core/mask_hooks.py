@@ -81,15 +81,25 @@ def attach_masks(model: nn.Module, masks: StructuralMasks) -> MaskHandle:
         if view.has_attention:
             head_size = view.head_size
             handle.add(view.attention_out.register_forward_pre_hook(_head_scale(masks, i, head_size)))
-            handle.add(view.attention_out.register_forward_hook(_output_scale(masks, i, lambda m, i=i: m.attention_removed(i), "attention")))
-            handle.add(view.attention_norm.register_forward_hook(_sublayer_norm(masks, lambda m, i=i: m.attention_removed(i))))
+            handle.add(
+                view.attention_out.register_forward_hook(
+                    _output_scale(masks, i, lambda m, i=i: m.attention_removed(i), "attention")
+                )
+            )
+            handle.add(
+                view.attention_norm.register_forward_hook(_sublayer_norm(masks, lambda m, i=i: m.attention_removed(i)))
+            )
         if view.has_ffn:
             handle.add(view.ffn_down.register_forward_pre_hook(_neuron_scale(masks, i)))
-            handle.add(view.ffn_down.register_forward_hook(_output_scale(masks, i, lambda m, i=i: m.ffn_removed(i), "ffn")))
+            handle.add(
+                view.ffn_down.register_forward_hook(_output_scale(masks, i, lambda m, i=i: m.ffn_removed(i), "ffn"))
+            )
             handle.add(view.ffn_norm.register_forward_hook(_sublayer_norm(masks, lambda m, i=i: m.ffn_removed(i))))
     handle.add(adapter.embedding_norm.register_forward_hook(_stream_norm(masks, scale=True)))
     if adapter.head.lm_norm:
-        handle.add(adapter.model.get_submodule(adapter.head.lm_norm).register_forward_hook(_stream_norm(masks, scale=False)))
+        handle.add(
+            adapter.model.get_submodule(adapter.head.lm_norm).register_forward_hook(_stream_norm(masks, scale=False))
+        )
     return handle
 
 

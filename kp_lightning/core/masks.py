@@ -45,7 +45,9 @@ class StructuralMasks:
         )
 
     @classmethod
-    def from_structure(cls, structure: EncoderStructure, dtype: torch.dtype = torch.float32, device=None) -> StructuralMasks:
+    def from_structure(
+        cls, structure: EncoderStructure, dtype: torch.dtype = torch.float32, device=None
+    ) -> StructuralMasks:
         """0/1 masks that keep exactly what ``structure`` keeps."""
         masks = cls.ones(structure.shape, dtype=dtype, device=device)
         for layer, kept in enumerate(structure.heads):
@@ -63,7 +65,8 @@ class StructuralMasks:
         """
         if len(self.head) != shape.num_layers or len(self.neuron) != shape.num_layers:
             raise StructureError(
-                f"masks cover {len(self.head)} attention / {len(self.neuron)} FFN layers, the model has {shape.num_layers}"
+                f"masks cover {len(self.head)} attention / {len(self.neuron)} FFN layers, "
+                f"the model has {shape.num_layers}"
             )
         for layer in range(shape.num_layers):
             _check_size(self.head[layer], shape.heads[layer], f"head[{layer}]")

@@ -26,7 +26,10 @@ def render_model_card(report: dict, kind: str, base_model: str | None = None, me
         ("hidden size", lambda r: str(r["hidden_size"])),
         ("heads per layer", lambda r: str(r["heads_per_layer"])),
         ("FFN neurons per layer", lambda r: str(r["neurons_per_layer"])),
-        (f"GFLOPs / sequence (n={small['flops']['seq_len']})", lambda r: f"{r['flops']['analytic']['total'] / 1e9:.4f}"),
+        (
+            f"GFLOPs / sequence (n={small['flops']['seq_len']})",
+            lambda r: f"{r['flops']['analytic']['total'] / 1e9:.4f}",
+        ),
     ]
     for label, fmt in rows:
         lines.append(f"| {label} | {fmt(small)} | {fmt(ref) if ref else '–'} |")

@@ -53,8 +53,12 @@ def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16, batch_siz
     dims = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     with torch.no_grad():
         program = torch.onnx.export(
-            wrapper, (ids, mask), input_names=["input_ids", "attention_mask"], output_names=names,
-            dynamic_shapes=dims, dynamo=True,
+            wrapper,
+            (ids, mask),
+            input_names=["input_ids", "attention_mask"],
+            output_names=names,
+            dynamic_shapes=dims,
+            dynamo=True,
         )
     program.save(str(path))
     return path

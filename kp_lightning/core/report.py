@@ -33,7 +33,11 @@ def model_summary(model: nn.Module, seq_len: int = 128) -> dict:
         "hidden_size": shape.hidden_size,
         "heads_per_layer": list(shape.heads),
         "neurons_per_layer": list(shape.neurons),
-        "flops": {"seq_len": seq_len, "analytic": model_flops(model, seq_len), "counted": measured_flops(model, seq_len)},
+        "flops": {
+            "seq_len": seq_len,
+            "analytic": model_flops(model, seq_len),
+            "counted": measured_flops(model, seq_len),
+        },
     }
 
 

@@ -60,7 +60,10 @@ class EncoderStructure:
                 f"structure was made for a model of shape {self.shape} but the model has shape {shape}"
             )
         n_layers = self.shape.num_layers
-        for name, kept, sizes in (("heads", self.heads, self.shape.heads), ("neurons", self.neurons, self.shape.neurons)):
+        for name, kept, sizes in (
+            ("heads", self.heads, self.shape.heads),
+            ("neurons", self.neurons, self.shape.neurons),
+        ):
             if len(kept) != n_layers:
                 raise StructureError(f"'{name}' lists {len(kept)} layers but the model has {n_layers}")
             for layer, (indices, size) in enumerate(zip(kept, sizes, strict=True)):
@@ -129,7 +132,9 @@ class EncoderStructure:
             StructureError: the dict is not a structure record or its parts disagree.
         """
         if data.get("format") != FORMAT:
-            raise StructureError(f"not a kp_lightning structure record (expected format '{FORMAT}', got {data.get('format')!r})")
+            raise StructureError(
+                f"not a kp_lightning structure record (expected format '{FORMAT}', got {data.get('format')!r})"
+            )
         try:
             s = data["shape"]
             shape = EncoderShape(int(s["hidden_size"]), int(s["head_size"]), tuple(s["heads"]), tuple(s["neurons"]))

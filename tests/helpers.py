@@ -1,0 +1,85 @@
+"""Tiny models, batches and mask builders shared by tests."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+from kp_lightning import EncoderAdapter, StructuralMasks
+
+ARCHS = ("bert", "roberta", "distilbert")
+TASKS = ("ForSequenceClassification", "ForQuestionAnswering", "ForMaskedLM", "Model")
+PREFIX = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert"}
+
+
+def tiny_config(arch: str, attn_implementation: str = "eager", layers: int = 3):
+    """A 3-layer, 4-head, hidden-32 encoder of the given architecture."""
+    common = {"vocab_size": 99, "max_position_embeddings": 130, "attn_implementation": attn_implementation}
+    if arch == "distilbert":
+        return transformers.DistilBertConfig(dim=32, n_layers=layers, n_heads=4, hidden_dim=37, **common)
+    cls = transformers.BertConfig if arch == "bert" else transformers.RobertaConfig
+    return cls(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=37, **common)
+
+
+def tiny_model(arch: str, task: str, attn_implementation: str = "eager", seed: int = 0, layers: int = 3):
+    """Random tiny model in eval mode, with non-trivial LayerNorm parameters."""
+    torch.manual_seed(seed)
+    model = getattr(transformers, PREFIX[arch] + task)(tiny_config(arch, attn_implementation, layers)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+    return model
+
+
+def tiny_batch(seed: int = 1, batch: int = 3, seq: int = 11):
+    """Token ids with padding in one row."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 99, (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, seq - 4 :] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def main_output(out) -> torch.Tensor:
+    """The first tensor output (logits, start_logits or last_hidden_state)."""
+    for key in ("logits", "prediction_logits", "start_logits", "last_hidden_state"):
+        if key in out:
+            return out[key]
+    raise KeyError(list(out.keys()))
+
+
+def edge_case_masks(model, seed: int = 0, soft: bool = True, prune_hidden: bool = True) -> StructuralMasks:
+    """Random masks with every edge case: a layer with 0 heads, one with 0 neurons, soft values, hidden pruning."""
+    g = torch.Generator().manual_seed(seed)
+    shape = EncoderAdapter(model).shape()
+    masks = StructuralMasks.ones(shape)
+    for layer in range(shape.num_layers):
+        keep = (torch.rand(shape.heads[layer], generator=g) > 0.4).float()
+        keep[:1] = 1
+        masks.head[layer] = keep * (0.5 + torch.rand(shape.heads[layer], generator=g) if soft else 1)
+        keep = (torch.rand(shape.neurons[layer], generator=g) > 0.5).float()
+        keep[:1] = 1
+        masks.neuron[layer] = keep * (0.5 + torch.rand(shape.neurons[layer], generator=g) if soft else 1)
+    masks.head[1] = torch.zeros(shape.heads[1])
+    masks.neuron[2] = torch.zeros(shape.neurons[2])
+    if soft:
+        masks.attention[0] = 0.8
+        masks.ffn[1] = 1.2
+    if prune_hidden:
+        keep = (torch.rand(shape.hidden_size, generator=g) > 0.3).float()
+        keep[:1] = 1
+        masks.hidden = keep * (0.5 + torch.rand(shape.hidden_size, generator=g) if soft else 1)
+    return masks
+
+
+def all_removed_masks(model, kind: str) -> StructuralMasks:
+    """Masks removing every attention (``kind='attention'``) or every FFN sublayer."""
+    shape = EncoderAdapter(model).shape()
+    masks = StructuralMasks.ones(shape)
+    if kind == "attention":
+        masks.head = [torch.zeros(h) for h in shape.heads]
+    else:
+        masks.ffn = torch.zeros(shape.num_layers)
+    return masks
