@@ -18,7 +18,15 @@ from pathlib import Path
 import torch
 import transformers
 
-from kp_lightning import compact, export_compact, load_compressed, model_flops, parameter_counts
+from kp_lightning import (
+    StructuralMasks,
+    attach_masks,
+    compact,
+    export_compact,
+    load_compressed,
+    model_flops,
+    parameter_counts,
+)
 from kp_lightning.core.importance import magnitude_structure
 from kp_lightning.core.latency import environment, measure_latency
 
@@ -54,8 +62,6 @@ def main() -> None:
     export_compact(small, export_dir, tokenizer=tokenizer, reference=dense, overwrite=True, method="magnitude")
     reloaded = load_compressed(export_dir).eval()
     with torch.no_grad():
-        from kp_lightning import StructuralMasks, attach_masks
-
         with attach_masks(dense, StructuralMasks.from_structure(structure)):
             masked = dense(**batch).last_hidden_state
         diff_compact = (small(**batch).last_hidden_state - masked).abs().max().item()

@@ -22,8 +22,12 @@ from kp_lightning import (
 )
 from tests.helpers import ARCHS, PREFIX, edge_case_masks, main_output, tiny_batch, tiny_model
 
-AUTO = {"ForSequenceClassification": "AutoModelForSequenceClassification", "ForQuestionAnswering":
-        "AutoModelForQuestionAnswering", "ForMaskedLM": "AutoModelForMaskedLM", "Model": "AutoModel"}
+AUTO = {
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "ForMaskedLM": "AutoModelForMaskedLM",
+    "Model": "AutoModel",
+}
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".py", ".md", ".txt"}
 
 
@@ -43,8 +47,14 @@ def run_fresh_python(code: str, tmp_path: Path) -> str:
     """Run ``code`` in a new interpreter that cannot import kp_lightning (repo not on its path)."""
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH"}}
     env["HF_HOME"] = str(tmp_path / "hf_home")
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -58,8 +68,17 @@ def test_compact_export_reloads_through_our_api(tmp_path, arch, task):
     expected = masked_reference(model, masks, batch)
     out = export_compact(model, tmp_path / "export", masks=masks, tokenizer=make_tokenizer(tmp_path), method="unit")
     files = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "README.md", "compression_report.json", "modeling_kp.py",
-            "configuration_kp.py", "layouts.py", "tokenizer.json", "tokenizer_config.json"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "README.md",
+        "compression_report.json",
+        "modeling_kp.py",
+        "configuration_kp.py",
+        "layouts.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= files
     assert all(Path(f).suffix in ALLOWED_SUFFIXES for f in files), files
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == f"kp_{arch}"
@@ -86,7 +105,7 @@ def test_compact_export_loads_with_stock_auto_class_in_fresh_process(tmp_path, a
 
     save_file({"expected": expected.contiguous(), **batch}, str(tmp_path / "io.safetensors"))
     stdout = run_fresh_python(
-        f"""
+        """
         import sys, torch, transformers
         from safetensors.torch import load_file
         io = load_file("io.safetensors")

@@ -16,7 +16,9 @@ MODEL_DIR = os.path.join(os.path.dirname(minilm.__file__), "model")
 def test_minilm_half_heads_and_neurons_is_exact(tmp_path):
     dense = transformers.BertModel.from_pretrained(MODEL_DIR, use_safetensors=True).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(MODEL_DIR)
-    batch = tokenizer(["A gripping, well acted film.", "Dull and far too long, sadly."], padding=True, return_tensors="pt")
+    batch = tokenizer(
+        ["A gripping, well acted film.", "Dull and far too long, sadly."], padding=True, return_tensors="pt"
+    )
     structure = magnitude_structure(dense, heads_kept=0.5, neurons_kept=0.5)
     structure.heads[3] = []  # and one attention sublayer removed
     with torch.no_grad(), attach_masks(dense, StructuralMasks.from_structure(structure)):

@@ -13,7 +13,9 @@ def shape():
 
 
 def test_json_round_trip(tmp_path, shape):
-    structure = EncoderStructure(shape, heads=[[0, 2], [], [1, 2, 3]], neurons=[[5, 1], list(range(37)), []], hidden=[0, 3, 7])
+    structure = EncoderStructure(
+        shape, heads=[[0, 2], [], [1, 2, 3]], neurons=[[5, 1], list(range(37)), []], hidden=[0, 3, 7]
+    )
     path = tmp_path / "structure.json"
     structure.save(path)
     loaded = EncoderStructure.load(path)
@@ -46,9 +48,9 @@ def test_structure_for_another_model_is_rejected(shape):
     other = EncoderAdapter(tiny_model("bert", "ForSequenceClassification", layers=2)).shape()
     with pytest.raises(StructureError, match="made for a model of shape"):
         compact(tiny_model("bert", "ForSequenceClassification", layers=2), EncoderStructure.full(shape))
+    masks = StructuralMasks.ones(other)
+    masks.head[0] = torch.ones(5)
     with pytest.raises(StructureError, match="mask 'head\\[0\\]' has shape"):
-        masks = StructuralMasks.ones(other)
-        masks.head[0] = torch.ones(5)
         masks.validate(other)
 
 

@@ -40,7 +40,7 @@ def compact(model: nn.Module, masks: StructuralMasks | EncoderStructure) -> nn.M
     config_dict = model.config.to_dict()
     config_dict.pop("auto_map", None)
     config_dict["kp_structure"] = structure.kept_counts()
-    config_dict[PARENT_STRUCTURE_KEY] = _original_structure(model, structure).to_dict()
+    config_dict[PARENT_STRUCTURE_KEY] = original_structure(model).compose(structure).to_dict()
     config = COMPACT_CONFIG_CLASSES[adapter.layout.model_type](**config_dict)
     config._attn_implementation = model.config._attn_implementation
     cls = COMPACT_MODEL_CLASSES[(adapter.layout.model_type, adapter.task)]
@@ -62,12 +62,6 @@ def original_structure(model: nn.Module) -> EncoderStructure:
     if record:
         return EncoderStructure.from_dict(record)
     return EncoderStructure.full(EncoderAdapter(model).shape())
-
-
-def _original_structure(model: nn.Module, structure: EncoderStructure) -> EncoderStructure:
-    return (
-        original_structure(model).compose(structure) if getattr(model.config, PARENT_STRUCTURE_KEY, None) else structure
-    )
 
 
 def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
