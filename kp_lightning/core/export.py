@@ -55,9 +55,8 @@ def _write_common(staging: Path, model: nn.Module, kind: str, tokenizer, referen
     report = compression_report(model, reference=reference, export=kind, **report_extra)
     (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
     base = report_extra.get("base_model") or getattr(reference, "name_or_path", None) or None
-    render_model_card(report, kind, base_model=base or None, method=report_extra.get("method")).save(
-        staging / "README.md"
-    )
+    card = render_model_card(report, kind, base_model=base, method=report_extra.get("method"))
+    card.save(staging / "README.md")
 
 
 def export_compact(

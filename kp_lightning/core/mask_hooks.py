@@ -79,22 +79,13 @@ def attach_masks(model: nn.Module, masks: StructuralMasks) -> MaskHandle:
     for view in adapter.layers:
         i = view.index
         if view.has_attention:
-            head_size = view.head_size
-            handle.add(view.attention_out.register_forward_pre_hook(_head_scale(masks, i, head_size)))
-            handle.add(
-                view.attention_out.register_forward_hook(
-                    _output_scale(masks, i, lambda m, i=i: m.attention_removed(i), "attention")
-                )
-            )
-            handle.add(
-                view.attention_norm.register_forward_hook(_sublayer_norm(masks, lambda m, i=i: m.attention_removed(i)))
-            )
+            handle.add(view.attention_out.register_forward_pre_hook(_head_scale(masks, i, view.head_size)))
+            handle.add(view.attention_out.register_forward_hook(_output_scale(masks, i, "attention")))
+            handle.add(view.attention_norm.register_forward_hook(_sublayer_norm(masks, i, "attention")))
         if view.has_ffn:
             handle.add(view.ffn_down.register_forward_pre_hook(_neuron_scale(masks, i)))
-            handle.add(
-                view.ffn_down.register_forward_hook(_output_scale(masks, i, lambda m, i=i: m.ffn_removed(i), "ffn"))
-            )
-            handle.add(view.ffn_norm.register_forward_hook(_sublayer_norm(masks, lambda m, i=i: m.ffn_removed(i))))
+            handle.add(view.ffn_down.register_forward_hook(_output_scale(masks, i, "ffn")))
+            handle.add(view.ffn_norm.register_forward_hook(_sublayer_norm(masks, i, "ffn")))
     handle.add(adapter.embedding_norm.register_forward_hook(_stream_norm(masks, scale=True)))
     if adapter.head.lm_norm:
         handle.add(
@@ -123,9 +114,13 @@ def _neuron_scale(masks: StructuralMasks, layer: int) -> Callable:
     return hook
 
 
-def _output_scale(masks: StructuralMasks, layer: int, removed: Callable, kind: str) -> Callable:
+def _removed(masks: StructuralMasks, layer: int, kind: str) -> bool:
+    return masks.attention_removed(layer) if kind == "attention" else masks.ffn_removed(layer)
+
+
+def _output_scale(masks: StructuralMasks, layer: int, kind: str) -> Callable:
     def hook(module, args, output):
-        if removed(masks):
+        if _removed(masks, layer, kind):
             return torch.zeros_like(output)
         scale = getattr(masks, kind)[layer]
         hidden = masks.hidden
@@ -136,9 +131,9 @@ def _output_scale(masks: StructuralMasks, layer: int, removed: Callable, kind: s
     return hook
 
 
-def _sublayer_norm(masks: StructuralMasks, removed: Callable) -> Callable:
+def _sublayer_norm(masks: StructuralMasks, layer: int, kind: str) -> Callable:
     def hook(module, args, output):
-        if removed(masks):
+        if _removed(masks, layer, kind):
             return args[0]
         if _all_ones(masks.hidden):
             return None
