@@ -1,1 +1,5 @@
-"""Lightning callbacks implementing the compression methods (thin wrappers over ``kp_lightning``)."""
+"""Lightning callbacks of kp_lightning."""
+
+from callbacks.save_pretrained import SaveBestPretrained
+
+__all__ = ["SaveBestPretrained"]

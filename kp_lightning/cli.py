@@ -1,0 +1,43 @@
+"""``train.py``'s LightningCLI: subclass mode, argument links, full config logged to every logger."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import yaml
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+
+class LoggedSaveConfigCallback(SaveConfigCallback):
+    """Write ``config.yaml`` to the log dir and log the fully resolved config as hyperparameters (W&B, CSV...)."""
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
+
+
+class KPLightningCLI(LightningCLI):
+    """LightningCLI with the links every kp_lightning run needs.
+
+    * ``model.init_args.model_name_or_path`` → ``data.init_args.tokenizer`` (the model's own tokenizer);
+    * ``data.task_spec`` → ``model.init_args.task_spec`` (head kind, number of labels, metrics, eval splits).
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
+        parser.link_arguments("data.task_spec", "model.init_args.task_spec", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None, run: bool = True) -> KPLightningCLI:
+    """Entry point of ``train.py`` (``args=None`` reads ``sys.argv``)."""
+    return KPLightningCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=LoggedSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"default_env": False},
+        args=args,
+        run=run,
+    )
