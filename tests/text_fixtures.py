@@ -34,3 +34,49 @@ def save_tiny_model(directory: Path, task: str, arch: str = "bert", seed: int = 
     model.save_pretrained(directory)
     tiny_tokenizer().save_pretrained(directory)
     return Path(directory)
+
+
+POSITIVE = ["good", "great", "fine", "nice"]
+NEGATIVE = ["bad", "awful", "poor", "dull"]
+NOUNS = ["movie", "plot", "cast", "story"]
+
+
+def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
+    """Learnable binary sentiment sentences: the adjective decides the label."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        adjective = rng.choice(POSITIVE if label else NEGATIVE)
+        rows.append((f"the {rng.choice(NOUNS)} was {adjective}", label))
+    return rows
+
+
+def write_sst2(root: Path, n_train: int = 64, n_dev: int = 25, seed: int = 0) -> Path:
+    """A classic-layout ``<root>/SST-2/{train,dev}.tsv``; returns ``root``."""
+    folder = Path(root) / "SST-2"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n, offset in (("train.tsv", n_train, 0), ("dev.tsv", n_dev, 1)):
+        lines = ["sentence\tlabel"] + [f"{s}\t{y}" for s, y in sentiment_rows(n, seed + offset)]
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return Path(root)
+
+
+def write_stsb(root: Path, n_train: int = 48, n_dev: int = 20, seed: int = 0) -> Path:
+    """A classic-layout ``<root>/STS-B`` with 10 columns and a score in the last one."""
+    import random
+
+    folder = Path(root) / "STS-B"
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    for name, n, offset in (("train.tsv", n_train, 0), ("dev.tsv", n_dev, 1)):
+        rng = random.Random(seed + offset)
+        lines = [header]
+        for i in range(n):
+            a, b = rng.choice(NOUNS), rng.choice(NOUNS)
+            score = 5.0 if a == b else rng.uniform(0, 2)
+            lines.append(f"{i}\tmain\tf\t2012\t{i}\tnone\tnone\ta {a} here\ta {b} there\t{score:.3f}")
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return Path(root)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 import torchmetrics
 from torch import nn
-from torchmetrics import classification, regression, text
+from torchmetrics import aggregation, classification, regression, text
 
 from kp_lightning.data.task_spec import TaskSpec
 
 
 def _metric(name: str, spec: TaskSpec) -> torchmetrics.Metric:
     if spec.kind == "masked_lm":
-        if name == "accuracy":
-            return classification.MulticlassAccuracy(num_classes=spec.num_labels, average="micro", ignore_index=-100)
+        if name == "accuracy":  # mean correctness over the selected (labelled) tokens
+            return aggregation.MeanMetric()
         if name == "perplexity":
             return text.Perplexity(ignore_index=-100)
     elif spec.kind == "classification":
@@ -56,14 +56,15 @@ class TaskMetrics(nn.Module):
         if kind == "question_answering":
             self._update_squad(outputs, batch)
             return
-        logits = outputs["logits"].detach().float()
+        logits = outputs.logits.detach().float()
         labels = batch["labels"]
         for name, metric in self.metrics.items():
             if kind == "masked_lm":
                 if name == "perplexity":
                     metric.update(logits, labels)
                 else:
-                    metric.update(logits.argmax(-1).flatten(), labels.flatten())
+                    selected = labels != -100
+                    metric.update((logits.argmax(-1)[selected] == labels[selected]).float())
             elif kind == "classification":
                 metric.update(logits.argmax(-1), labels)
             else:
@@ -72,7 +73,7 @@ class TaskMetrics(nn.Module):
     def _update_squad(self, outputs, batch: dict) -> None:
         from kp_lightning.data.squad import best_answer, squad_metric_inputs
 
-        start, end = outputs["start_logits"].detach().float().cpu(), outputs["end_logits"].detach().float().cpu()
+        start, end = outputs.start_logits.detach().float().cpu(), outputs.end_logits.detach().float().cpu()
         predictions, first = [], 0
         for example, count in zip(batch["examples"], batch["window_counts"].tolist(), strict=True):
             answer = best_answer(

@@ -2,5 +2,6 @@
 
 from kp_lightning.datamodules.base import EncoderDataModule
 from kp_lightning.datamodules.classification import GlueDataModule, TextClassificationDataModule
+from kp_lightning.datamodules.masked_lm import MLMDataModule
 
-__all__ = ["EncoderDataModule", "GlueDataModule", "TextClassificationDataModule"]
+__all__ = ["EncoderDataModule", "GlueDataModule", "MLMDataModule", "TextClassificationDataModule"]

@@ -124,11 +124,11 @@ class TextClassificationDataModule(EncoderDataModule):
             label_names=label_names,
             metrics=list(metrics or (["pearson", "spearman"] if regression else ["accuracy"])),
         )
-        super().__init__(**kwargs)
         self.data_files = {"train": train_file, "validation": validation_file}
         for split, file in self.data_files.items():
             if not Path(file).is_file():
                 raise FileNotFoundError(f"{split} file not found: {file}")
+        super().__init__(**kwargs)
         self.text_columns = list(text_columns)
         self.label_column = label_column
         self.save_hyperparameters()
