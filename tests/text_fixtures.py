@@ -80,3 +80,24 @@ def write_stsb(root: Path, n_train: int = 48, n_dev: int = 20, seed: int = 0) ->
             lines.append(f"{i}\tmain\tf\t2012\t{i}\tnone\tnone\ta {a} here\ta {b} there\t{score:.3f}")
         (folder / name).write_text("\n".join(lines) + "\n")
     return Path(root)
+
+
+def write_squad_json(path: Path, n_articles: int = 3, questions_per_article: int = 4, seed: int = 0) -> Path:
+    """A small SQuAD v1.1-format file whose answers are single nouns of the context."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    articles = []
+    for a in range(n_articles):
+        qas, paragraphs = [], []
+        for q in range(questions_per_article):
+            subject, place = rng.choice(NOUNS), rng.choice(["mat", "roof", "hill", "shore"])
+            context = f"long ago the {subject} sat on the {place} and then it rested there for a while"
+            start = context.index(place)
+            qas = [{"id": f"a{a}q{q}", "question": "where did it sit?",
+                    "answers": [{"text": place, "answer_start": start}]}]  # fmt: skip
+            paragraphs.append({"context": context, "qas": qas})
+        articles.append({"title": f"Article_{a}", "paragraphs": paragraphs})
+    Path(path).write_text(json.dumps({"version": "1.1", "data": articles}))
+    return Path(path)

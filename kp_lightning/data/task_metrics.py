@@ -71,22 +71,11 @@ class TaskMetrics(nn.Module):
                 metric.update(logits.squeeze(-1), labels.float())
 
     def _update_squad(self, outputs, batch: dict) -> None:
-        from kp_lightning.data.squad import best_answer, squad_metric_inputs
+        from kp_lightning.data.squad import decode_eval_batch, squad_metric_inputs
 
         start, end = outputs.start_logits.detach().float().cpu(), outputs.end_logits.detach().float().cpu()
-        predictions, first = [], 0
-        for example, count in zip(batch["examples"], batch["window_counts"].tolist(), strict=True):
-            answer = best_answer(
-                example["context"],
-                example["offset_mapping"],
-                start[first : first + count],
-                end[first : first + count],
-                allow_impossible=self.spec.allow_impossible,
-            )
-            predictions.append((example["id"], answer))
-            first += count
-        preds, target = squad_metric_inputs(predictions, batch["examples"])
-        self.squad.update(preds, target)
+        predictions = decode_eval_batch(batch, start, end, allow_impossible=self.spec.allow_impossible)
+        self.squad.update(*squad_metric_inputs(predictions, batch["examples"]))
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Metric values by name (SQuAD: ``exact_match`` and ``f1`` in percent)."""

@@ -53,6 +53,7 @@ class TaskModule(pl.LightningModule):
         if not 0 <= warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
         self.save_hyperparameters(ignore=["loss_terms"])
+        self.hparams["task_spec"] = task.to_dict()  # plain data, so checkpoints load with weights_only=True
         self.task = task
         self.model = load_task_model(model_name_or_path, task, ignore_mismatched_head).train()
         self.input_keys = accepted_inputs(self.model)
@@ -79,6 +80,9 @@ class TaskModule(pl.LightningModule):
     def adapter(self) -> EncoderAdapter:
         """Structural view of the encoder for pruning callbacks."""
         return EncoderAdapter(self.model)
+
+    def on_fit_start(self) -> None:
+        self.model.train()  # from_pretrained and earlier evaluation leave the model in eval mode
 
     # ---- steps ----------------------------------------------------------------------------------------
     def forward(self, batch: dict, output_hidden_states: bool = False):
