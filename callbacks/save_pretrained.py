@@ -44,8 +44,10 @@ class SaveBestPretrained(pl.Callback):
             return
         name = self._monitor(pl_module)
         if name not in trainer.callback_metrics:
-            raise KeyError(f"SaveBestPretrained monitors {name!r}, which was not logged; logged: "
-                           f"{sorted(trainer.callback_metrics)}.")
+            raise KeyError(
+                f"SaveBestPretrained monitors {name!r}, which was not logged; logged: "
+                f"{sorted(trainer.callback_metrics)}."
+            )
         value = float(trainer.callback_metrics[name])
         improved = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
         if not improved:

@@ -184,7 +184,8 @@ def test_save_best_pretrained_reloads_with_identical_outputs(tmp_path, cls_model
     batch = next(iter(data.val_dataloader()))
     module.eval()
     with torch.no_grad():
-        assert torch.allclose(module(batch).logits, reloaded(**{k: v for k, v in batch.items() if k != "labels"}).logits)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        assert torch.allclose(module(batch).logits, reloaded(**inputs).logits)
     assert (tmp_path / "best" / "best_metric.json").is_file()
     assert transformers.AutoTokenizer.from_pretrained(tmp_path / "best").get_vocab() == data.tokenizer.get_vocab()
 

@@ -41,13 +41,13 @@ def load_task_model(name_or_path: str, spec: TaskSpec, ignore_mismatched_head: b
     """
     config = transformers.AutoConfig.from_pretrained(name_or_path)
     trained_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
-    if spec.kind in ("classification", "regression") and trained_head and config.num_labels != spec.num_labels:
-        if not ignore_mismatched_head:
-            raise ValueError(
-                f"{name_or_path} has a classification head with {config.num_labels} outputs but task "
-                f"{spec.name!r} needs {spec.num_labels}. Use a matching model, or set "
-                "ignore_mismatched_head: true to start from a new randomly initialised head."
-            )
+    head_mismatch = trained_head and config.num_labels != spec.num_labels
+    if spec.kind in ("classification", "regression") and head_mismatch and not ignore_mismatched_head:
+        raise ValueError(
+            f"{name_or_path} has a classification head with {config.num_labels} outputs but task "
+            f"{spec.name!r} needs {spec.num_labels}. Use a matching model, or set "
+            "ignore_mismatched_head: true to start from a new randomly initialised head."
+        )
     kwargs = _head_kwargs(spec)
     if ignore_mismatched_head:
         kwargs["ignore_mismatched_sizes"] = True
