@@ -231,3 +231,26 @@ def test_question_answering_fit_and_squad_scores_match_hand_computed(tmp_path):
                 f1s.append(0.0 if not common else 2 * common / (len(pred_tokens) + len(gold_tokens)))
     assert metrics["val/exact_match"] == pytest.approx(100 * sum(exact) / len(exact), abs=1e-4)
     assert metrics["val/f1"] == pytest.approx(100 * sum(f1s) / len(f1s), abs=1e-4)
+
+
+def test_hidden_state_distillation_term_is_zero_for_identical_student_and_logged(tmp_path, cls_model_dir):
+    from kp_lightning.modules import HiddenStateMSE, StepContext
+
+    data = glue_module(write_sst2(tmp_path / "glue", n_train=8, n_dev=4), "sst2", cls_model_dir)
+    module = DistillationModule(
+        str(cls_model_dir), str(cls_model_dir), task_spec=data.task_spec, loss_terms={"hidden": HiddenStateMSE()}
+    )
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    module.eval()  # no dropout: the student is the teacher, so every layer matches exactly
+    parts = module.training_losses(batch)
+    assert parts["hidden"].item() == pytest.approx(0.0, abs=1e-10) and parts["kd"].item() == pytest.approx(0, abs=1e-6)
+    with torch.no_grad():
+        module.model.bert.encoder.layer[0].output.dense.weight[0].add_(1.0)
+    assert module.training_losses(batch)["hidden"].item() > 1e-3
+    other = module.teacher_outputs(batch, output_hidden_states=True)
+    ctx = StepContext(module, batch, module(batch, output_hidden_states=True), other)
+    assert HiddenStateMSE(layer_pairs=[[0, 0]])(ctx).item() == pytest.approx(0.0, abs=1e-10)  # embeddings untouched
+    trainer = make_trainer(tmp_path, epochs=1, log_every_n_steps=1)
+    trainer.fit(module, datamodule=data)
+    assert "train/loss_hidden" in trainer.logged_metrics
