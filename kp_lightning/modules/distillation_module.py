@@ -7,7 +7,7 @@ import transformers
 
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.modules.distillation_losses import prediction_distillation_loss
-from kp_lightning.modules.extensions import LossTerm, StepContext
+from kp_lightning.modules.extensions import StepContext
 from kp_lightning.modules.model_loading import accepted_inputs, load_task_model
 from kp_lightning.modules.task_module import TaskModule
 
@@ -55,30 +55,14 @@ class DistillationModule(TaskModule):
         alpha_ce: float = 0.5,
         alpha_kd: float = 0.5,
         temperature: float = 2.0,
-        learning_rate: float = 2e-5,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.1,
-        warmup_steps: int | None = None,
-        adam_epsilon: float = 1e-8,
-        ignore_mismatched_head: bool = False,
-        loss_terms: dict[str, LossTerm] | None = None,
+        **kwargs,
     ):
         if alpha_ce < 0 or alpha_kd < 0 or alpha_ce + alpha_kd == 0:
             raise ValueError(f"alpha_ce and alpha_kd must be >= 0 and not both 0, got {alpha_ce}, {alpha_kd}.")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}.")
         check_same_tokenizer(model_name_or_path, teacher_name_or_path)
-        super().__init__(
-            model_name_or_path,
-            task_spec,
-            learning_rate,
-            weight_decay,
-            warmup_ratio,
-            warmup_steps,
-            adam_epsilon,
-            ignore_mismatched_head,
-            loss_terms,
-        )
+        super().__init__(model_name_or_path, task_spec, **kwargs)
         teacher = load_task_model(teacher_name_or_path, self.task).eval().requires_grad_(False)
         student_out = getattr(self.model.config, "num_labels", None)
         if self.task.kind in ("classification", "regression") and teacher.config.num_labels != student_out:
