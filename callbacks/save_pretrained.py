@@ -55,15 +55,15 @@ class SaveBestPretrained(pl.Callback):
         self.best = value
         # A collective call under FSDP (gathers full weights); cheap elsewhere. Every rank must take part.
         state = trainer.strategy.lightning_module_state_dict()
+        target = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "best_model")  # collective
         if trainer.is_global_zero:
             prefix = "model."
             model_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             record = {"monitor": name, "value": value, "epoch": trainer.current_epoch, "step": trainer.global_step}
-            self.best_path = str(self._write(trainer, pl_module, model_state, record))
+            self.best_path = str(self._write(trainer, pl_module, target, model_state, record))
         trainer.strategy.barrier("SaveBestPretrained")
 
-    def _write(self, trainer, pl_module, state: dict[str, torch.Tensor], record: dict) -> Path:
-        target = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "best_model")
+    def _write(self, trainer, pl_module, target: Path, state: dict[str, torch.Tensor], record: dict) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
         staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))

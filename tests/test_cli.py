@@ -71,7 +71,7 @@ def run_train(args: list[str], cwd: Path, env_extra: dict | None = None) -> subp
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
            "PYTHONPATH": str(REPO), **(env_extra or {})}  # fmt: skip
     result = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+                            text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
