@@ -83,9 +83,10 @@ def main() -> None:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     results_file = RESULTS / "teachers.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {"rows": []}
     for task in args.tasks:
         row = finetune(task, output_dir)
+        # Re-read: another run of this script may have added rows meanwhile.
+        results = json.loads(results_file.read_text()) if results_file.exists() else {"rows": []}
         results["rows"] = [r for r in results["rows"] if r["task"] != task] + [row]
         results["environment"] = {
             "torch": torch.__version__,
