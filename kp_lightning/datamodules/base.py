@@ -118,9 +118,9 @@ class EncoderDataModule(pl.LightningDataModule):
         try:
             built.save_to_disk(str(staging))
             staging.rename(path)
-        except OSError:
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
-            if not path.is_dir():
+            if not path.is_dir():  # another process may have finished the same entry first
                 raise
 
     def setup(self, stage: str | None = None) -> None:
