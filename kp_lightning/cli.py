@@ -6,6 +6,10 @@ import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+import callbacks  # noqa: F401  (short class names on the command line: --trainer.callbacks+=SaveBestPretrained)
+import kp_lightning.datamodules  # noqa: F401  (--data GlueDataModule)
+import kp_lightning.modules  # noqa: F401  (--model TaskModule)
+
 
 class LoggedSaveConfigCallback(SaveConfigCallback):
     """Write ``config.yaml`` to the log dir and log the fully resolved config as hyperparameters (W&B, CSV...)."""

@@ -123,3 +123,12 @@ def test_ddp_two_processes_give_the_single_process_metrics(sst2_setup, tmp_path)
     assert set(scores["one"]) == {"val/accuracy", "val/loss"}
     assert scores["two"]["val/accuracy"] == scores["one"]["val/accuracy"]  # 25 examples: 13 + 12, none repeated
     assert scores["two"]["val/loss"] == pytest.approx(scores["one"]["val/loss"], abs=1e-5)
+
+
+def test_short_class_names_resolve(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--model", "DistillationModule", "--data", "GlueDataModule", "--data.task", "rte",
+              "--model.model_name_or_path", "s", "--model.teacher_name_or_path", "t",
+              "--trainer.callbacks+=SaveBestPretrained", "--print_config"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "kp_lightning.modules.DistillationModule" in printed and "callbacks.SaveBestPretrained" in printed
