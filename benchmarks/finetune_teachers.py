@@ -40,15 +40,16 @@ def run(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def finetune(task: str, output_dir: Path) -> dict:
+def finetune(task: str, output_dir: Path, reuse_fit: bool = False) -> dict:
     work = output_dir / f"minilm-{task}-run"
     target = output_dir / f"minilm-{task}"
-    shutil.rmtree(work, ignore_errors=True)
     config = f"configs/teachers/minilm_{task}.yaml"
+    if not reuse_fit:
+        shutil.rmtree(work, ignore_errors=True)
     fit = [sys.executable, "train.py", "fit", "-c", config, "-c", "configs/logger/csv.yaml",
            "--model.init_args.model_name_or_path", minilm_path(),
            "--trainer.logger.init_args.save_dir", str(work), "--trainer.enable_progress_bar", "false"]  # fmt: skip
-    fit_seconds = run(fit)
+    fit_seconds = None if reuse_fit else round(run(fit), 1)
     best = next(work.rglob("best_metric.json"))
     record = json.loads(best.read_text())
     shutil.rmtree(target, ignore_errors=True)
@@ -70,7 +71,7 @@ def finetune(task: str, output_dir: Path) -> dict:
         "best_epoch": record["epoch"],
         "best_step": record["step"],
         "reloaded_dev_scores": reloaded,
-        "fit_seconds": round(fit_seconds, 1),
+        "fit_seconds": fit_seconds,
         "model_dir": str(target),
     }
 
@@ -79,12 +80,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tasks", nargs="+", choices=sorted(MAIN_METRIC))
     parser.add_argument("--output-dir", default=str(Path.home() / ".cache" / "kp_lightning" / "teachers"))
+    parser.add_argument("--reuse-fit", action="store_true", help="record an already finished fit run (no timing)")
     args = parser.parse_args()
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     results_file = RESULTS / "teachers.json"
     for task in args.tasks:
-        row = finetune(task, output_dir)
+        row = finetune(task, output_dir, args.reuse_fit)
         # Re-read: another run of this script may have added rows meanwhile.
         results = json.loads(results_file.read_text()) if results_file.exists() else {"rows": []}
         results["rows"] = [r for r in results["rows"] if r["task"] != task] + [row]
