@@ -101,7 +101,7 @@ def main() -> None:
         for r in sorted(results["rows"], key=lambda r: r["task"]):
             reload = r["reloaded_dev_scores"].get(r["metric"], float("nan"))
             lines.append(f"| {r['task']} | {r['metric']} | {r['best_dev_score']:.4f} | {reload:.4f} | "
-                         f"{r['best_epoch']} | {r['fit_seconds']} |")  # fmt: skip
+                         f"{r['best_epoch']} | {r['fit_seconds'] or 'not timed'} |")  # fmt: skip
         (RESULTS / "teachers.md").write_text("\n".join(lines) + "\n")
         print(json.dumps(row, indent=2), flush=True)
 
