@@ -31,6 +31,14 @@ def file_fingerprint(path: str | Path) -> str:
     return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def source_identity(source: str | list[str]) -> str | list[str]:
+    """Cache identity of a data source: fingerprints of local files, or the hub name itself."""
+    files = [source] if isinstance(source, str) else list(source)
+    if all(Path(f).is_file() for f in files):
+        return [file_fingerprint(f) for f in files]
+    return source
+
+
 class EncoderDataModule(pl.LightningDataModule):
     """Base class: subclasses build raw splits and tokenize them; this class caches, loads and serves them.
 

@@ -13,7 +13,7 @@ from kp_lightning.data.mlm import (
     tokenize_and_group,
 )
 from kp_lightning.data.task_spec import TaskSpec
-from kp_lightning.datamodules.base import EncoderDataModule, file_fingerprint
+from kp_lightning.datamodules.base import EncoderDataModule, source_identity
 
 
 class MLMDataModule(EncoderDataModule):
@@ -67,15 +67,9 @@ class MLMDataModule(EncoderDataModule):
         )
 
     def cache_identity(self) -> dict:
-        def identity(source):
-            files = [source] if isinstance(source, str) else list(source)
-            try:
-                return [file_fingerprint(f) for f in files]
-            except OSError:
-                return {"hub": source, "config": self.hub_config, "column": self.text_column}
-
         return {
-            "sources": {split: identity(source) for split, source in self.sources.items()},
+            "sources": {split: source_identity(source) for split, source in self.sources.items()},
+            "hub": [self.hub_config, self.text_column],
             "mlm_probability": self.mlm_probability,
             "whole_word_mask": self.whole_word_mask,
         }

@@ -16,7 +16,7 @@ from kp_lightning.data.squad import (
     split_by_article,
 )
 from kp_lightning.data.task_spec import TaskSpec
-from kp_lightning.datamodules.base import EncoderDataModule, file_fingerprint
+from kp_lightning.datamodules.base import EncoderDataModule, source_identity
 
 
 class SquadDataModule(EncoderDataModule):
@@ -79,12 +79,9 @@ class SquadDataModule(EncoderDataModule):
         )
 
     def cache_identity(self) -> dict:
-        def identity(source):
-            return file_fingerprint(source) if Path(source).is_file() else source
-
         return {
-            "train": None if self.eval_fraction else identity(self.train_source),
-            "validation": identity(self.validation_source),
+            "train": None if self.eval_fraction else source_identity(self.train_source),
+            "validation": source_identity(self.validation_source),
             "eval_fraction": self.eval_fraction,
             "doc_stride": self.doc_stride,
         }
