@@ -16,6 +16,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from kp_lightning.data.task_spec import TaskSpec
+from kp_lightning.modules.model_loading import tokenizer_source
 
 CACHE_FORMAT = 1
 
@@ -77,7 +78,7 @@ class EncoderDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = default_cache_dir() if cache_dir == "auto" else cache_dir
         self.seed = seed
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_source(tokenizer))
         self.datasets: datasets.DatasetDict | None = None
 
     # ---- what subclasses provide -------------------------------------------------------------------

@@ -1,11 +1,17 @@
-"""Load a task model (hub name, local directory or compressed export) with the head a task needs."""
+"""Load a task model (hub name, local directory, compressed export or Lightning checkpoint) with the head a
+task needs."""
 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
+import torch
 import transformers
 from torch import nn
+
+from kp_lightning.core.compaction import compact
+from kp_lightning.core.structure import EncoderStructure
 
 from kp_lightning.data.task_spec import TaskSpec
 
@@ -35,10 +41,17 @@ def _head_kwargs(spec: TaskSpec) -> dict:
 def load_task_model(name_or_path: str, spec: TaskSpec, ignore_mismatched_head: bool = False) -> nn.Module:
     """Load ``name_or_path`` with the head for ``spec`` (a fresh head if the checkpoint has none).
 
+    A Lightning checkpoint (``*.ckpt`` written by ``train.py``) is rebuilt from the model it was trained from
+    (its ``model_name_or_path`` hyperparameter), compacted to the structure a pruning callback recorded in it,
+    and loaded with its weights. The returned model's ``kp_newly_initialized`` lists the weights that were
+    not in the checkpoint (a new task head).
+
     Raises:
         ValueError: The checkpoint has a classification head of another size and ``ignore_mismatched_head``
             is off (fine-tuning an SST-2 model on MNLI needs a new head: say so explicitly).
     """
+    if is_lightning_checkpoint(name_or_path):
+        return _load_lightning_checkpoint(name_or_path, spec)
     config = transformers.AutoConfig.from_pretrained(name_or_path)
     trained_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
     head_mismatch = trained_head and config.num_labels != spec.num_labels
@@ -51,7 +64,54 @@ def load_task_model(name_or_path: str, spec: TaskSpec, ignore_mismatched_head: b
     kwargs = _head_kwargs(spec)
     if ignore_mismatched_head:
         kwargs["ignore_mismatched_sizes"] = True
-    return AUTO_CLASSES[spec.kind].from_pretrained(name_or_path, **kwargs)
+    model, info = AUTO_CLASSES[spec.kind].from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    model.kp_newly_initialized = sorted(info.get("missing_keys", []))
+    return model
+
+
+STRUCTURE_STATE_KEY = "kp_structure"
+
+
+def is_lightning_checkpoint(name_or_path: str) -> bool:
+    return str(name_or_path).endswith(".ckpt")
+
+
+def _read_checkpoint(path: str) -> dict:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Lightning checkpoint {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_base_model(path: str) -> str:
+    """The ``model_name_or_path`` a ``train.py`` checkpoint was trained from (also where its tokenizer is)."""
+    base = _read_checkpoint(path).get("hyper_parameters", {}).get("model_name_or_path")
+    if not base:
+        raise ValueError(f"{path} has no model_name_or_path hyperparameter; it was not written by train.py")
+    return base
+
+
+def tokenizer_source(name_or_path: str) -> str:
+    """Where the tokenizer of a model path lives (the base model, for a Lightning checkpoint)."""
+    return checkpoint_base_model(name_or_path) if is_lightning_checkpoint(name_or_path) else name_or_path
+
+
+def _load_lightning_checkpoint(path: str, spec: TaskSpec) -> nn.Module:
+    checkpoint = _read_checkpoint(path)
+    base = checkpoint_base_model(path)
+    model = load_task_model(base, spec, ignore_mismatched_head=True)
+    for state in checkpoint.get("callbacks", {}).values():
+        if isinstance(state, dict) and state.get(STRUCTURE_STATE_KEY):
+            model = compact(model, EncoderStructure.from_dict(state[STRUCTURE_STATE_KEY]))
+    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {k for k in missing if k.endswith("decoder.weight") or k.endswith("decoder.bias")}
+    if unexpected or set(missing) - tied:
+        raise ValueError(
+            f"{path} does not match {base}: missing {sorted(set(missing) - tied)[:5]}, unexpected "
+            f"{sorted(unexpected)[:5]}. Load a checkpoint written by train.py for this task."
+        )
+    model.kp_newly_initialized = []
+    return model
 
 
 def accepted_inputs(model: nn.Module) -> tuple[str, ...]:

@@ -1,0 +1,184 @@
+"""``KPrune``: retraining-free structured pruning (K-prune or the Kwon et al. baseline) inside any Trainer run."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+import transformers
+from lightning.pytorch.strategies import FSDPStrategy
+
+from kp_lightning.core.adapter import EncoderAdapter
+from kp_lightning.core.compaction import compact
+from kp_lightning.core.structure import EncoderStructure
+from kp_lightning.modules.model_loading import STRUCTURE_STATE_KEY, accepted_inputs
+from kp_lightning.pruning import KPruneConfig, KwonConfig, PruneError, PruneResult, kprune, kwon_prune
+from kp_lightning.pruning.kprune import check_reduction, check_task_kind
+from kp_lightning.pruning.sample_set import SampleSet
+from kp_lightning.pruning.sampling import draw_sample_batches
+
+
+class KPrune(pl.Callback):
+    """Prune the module's model once, in ``setup``, before the run's first step (fit, validate or test).
+
+    Used alone (``prune.py``, or ``train.py validate``) it is retraining-free pruning; at the start of a
+    ``train.py fit`` run the pruned model is then fine-tuned or distilled. Under DDP every rank measures its
+    share of the sample batches and the statistics are all-reduced, so all ranks build the same model.
+    Checkpoints record the kept structure, so a resumed run rebuilds the pruned model without pruning again.
+
+    Args:
+        flops_reduction: Fraction of encoder FLOPs to REMOVE, in (0, 1) (0.6 keeps 40 %).
+        method: ``"kprune"`` (K-prune, label-free) or ``"kwon"`` (Kwon et al. 2022, needs labels).
+        num_tokens: Tokens of training examples in the sample set (K-prune's default 100K).
+        batch_size: Sample batch size.
+        seed: Seed of the sample draw.
+        temperature: K-prune softmax temperature.
+        lambda_pred: K-prune weight of predictive knowledge.
+        lambda_rep: K-prune weight of representational knowledge.
+        mu: K-prune head-score multiplier.
+        weight_tuning: K-prune least-squares weight tuning (KPWT), or Kwon mask tuning.
+        seq_len: Sequence length of the FLOPs model (default: mean length of the sample set).
+        allow_untrained_head: Prune even if the task head was newly initialised when the model was loaded.
+        progress: Show per-sublayer progress bars.
+    """
+
+    def __init__(
+        self,
+        flops_reduction: float,
+        method: Literal["kprune", "kwon"] = "kprune",
+        num_tokens: int = 100_000,
+        batch_size: int = 32,
+        seed: int = 0,
+        temperature: float = 2.0,
+        lambda_pred: float = 1.0,
+        lambda_rep: float = 2.5e-4,
+        mu: float = 64.0,
+        weight_tuning: bool = True,
+        seq_len: float | None = None,
+        allow_untrained_head: bool = False,
+        progress: bool = True,
+    ):
+        check_reduction(flops_reduction)
+        if method not in ("kprune", "kwon"):
+            raise PruneError(f"method must be 'kprune' or 'kwon', got {method!r}")
+        if num_tokens < 1 or batch_size < 1:
+            raise PruneError("num_tokens and batch_size must be positive")
+        self.method = method
+        self.num_tokens = num_tokens
+        self.batch_size = batch_size
+        self.seed = seed
+        self.allow_untrained_head = allow_untrained_head
+        self.progress = progress
+        if method == "kprune":
+            self.config = KPruneConfig(
+                flops_reduction, temperature, lambda_pred, lambda_rep, mu, weight_tuning, seq_len
+            )
+        else:
+            self.config = KwonConfig(flops_reduction, mask_tuning=weight_tuning, seq_len=seq_len)
+        self.config.validate()
+        self.result: PruneResult | None = None
+        self.dense_model: torch.nn.Module | None = None
+        self.structure: EncoderStructure | None = None
+
+    @property
+    def flops_reduction(self) -> float:
+        return self.config.flops_reduction
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.structure is not None:
+            return
+        if isinstance(trainer.strategy, FSDPStrategy):
+            raise PruneError(
+                "KPrune does not run under FSDP: prune with prune.py (single device or DDP), then fine-tune the "
+                "exported model with FSDP (train.py fit --model.model_name_or_path <export dir>)."
+            )
+        restored = self._structure_from_checkpoint(trainer.ckpt_path)
+        if restored is not None:
+            self.structure = restored
+            _replace_model(pl_module, compact(pl_module.model, restored))
+            return
+        self._check_inputs(trainer, pl_module)
+        dataset = trainer.datamodule.datasets["train"]
+        collate = trainer.datamodule.train_collator()
+        batches = draw_sample_batches(dataset, collate, self.num_tokens, self.batch_size, self.seed)
+        device = trainer.strategy.root_device
+        model = pl_module.model
+        was_training = model.training
+        self.dense_model = model
+        model.to(device).eval()
+        samples = SampleSet(batches, device, accepted_inputs(model))
+        run = kprune if self.method == "kprune" else kwon_prune
+        tick = time.perf_counter()
+        self.result = run(model, samples, pl_module.task.kind, self.config, progress=self.progress)
+        self.result.seconds["callback_total"] = time.perf_counter() - tick
+        self.structure = self.result.structure
+        _replace_model(pl_module, self.result.model.train(was_training))
+        self._log(trainer)
+
+    def _check_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse what would waste the run: untrained head, wrong task kind, mismatched tokenizer, no data."""
+        model = getattr(pl_module, "model", None)
+        if model is None or not hasattr(pl_module, "task"):
+            raise PruneError("KPrune needs a kp_lightning TaskModule or DistillationModule")
+        check_task_kind(pl_module.task.kind)
+        fresh = getattr(model, "kp_newly_initialized", [])
+        if fresh and not self.allow_untrained_head:
+            raise PruneError(
+                f"the model's task head was newly initialised when loading ({', '.join(fresh[:4])}): pruning "
+                "measures what a fine-tuned model knows. Fine-tune it first (train.py fit), or set "
+                "allow_untrained_head: true if you really mean it."
+            )
+        dm = trainer.datamodule
+        if dm is None or getattr(dm, "datasets", None) is None or "train" not in dm.datasets:
+            raise PruneError("KPrune draws its samples from the data module's training split; none was found")
+        tokenizer = getattr(dm, "tokenizer", None)
+        path = getattr(model, "name_or_path", "")
+        if tokenizer is not None and path:
+            try:
+                own = transformers.AutoTokenizer.from_pretrained(path)
+            except (OSError, ValueError):
+                own = None
+            if own is not None and own.get_vocab() != tokenizer.get_vocab():
+                raise PruneError(
+                    f"the data is tokenized with {dm.tokenizer_name}, but the model {path} ships another tokenizer "
+                    "(different vocabulary). Use the model's own tokenizer (train.py/prune.py link it by default)."
+                )
+        embeddings = EncoderAdapter(model).word_embeddings.num_embeddings
+        if tokenizer is not None and len(tokenizer) > embeddings:
+            raise PruneError(
+                f"the tokenizer has {len(tokenizer)} tokens but the model only {embeddings} embeddings: "
+                "they do not belong together"
+            )
+
+    def _structure_from_checkpoint(self, ckpt_path: str | None) -> EncoderStructure | None:
+        if not ckpt_path:
+            return None
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if not state or not state.get(STRUCTURE_STATE_KEY):
+            return None
+        return EncoderStructure.from_dict(state[STRUCTURE_STATE_KEY])
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        r = self.result
+        metrics = {
+            "prune/flops_reduction_target": self.flops_reduction,
+            "prune/flops_reduction_actual": r.flops_reduction,
+            "prune/seconds": r.seconds["total"],
+            **{f"prune/seconds_{k}": v for k, v in r.seconds.items() if k != "total"},
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=0)
+            logger.log_hyperparams({"pruning": {"method": self.method, **vars(self.config)}})
+
+    def state_dict(self) -> dict:
+        return {STRUCTURE_STATE_KEY: self.structure.to_dict() if self.structure is not None else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """The structure was already applied in ``setup`` (before the weights were restored)."""
+
+
+def _replace_model(pl_module: pl.LightningModule, model: torch.nn.Module) -> None:
+    pl_module.model = model

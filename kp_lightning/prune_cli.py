@@ -1,0 +1,152 @@
+"""``prune.py``: evaluate a fine-tuned model, prune it without retraining, evaluate again, export.
+
+The model, data, trainer (strategy, devices, logger) and ``pruner`` (a ``KPrune`` callback) come from YAML
+or the command line, as in ``train.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from callbacks.kprune import KPrune
+from kp_lightning.cli import KPLightningCLI, LoggedSaveConfigCallback
+from kp_lightning.core.compaction import original_structure
+from kp_lightning.core.export import ExportError, export_compact
+from kp_lightning.core.latency import measure_latency
+from kp_lightning.core.report import parameter_counts
+from kp_lightning.core.structure_plot import plot_structure
+
+STRUCTURE_PNG = "structure.png"
+
+
+class PruneCLI(KPLightningCLI):
+    """``train.py``'s CLI plus ``pruner`` (a ``KPrune``), ``output_dir``, ``overwrite`` and latency options."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_class_arguments(KPrune, "pruner")
+        parser.add_argument("--output_dir", type=str, default="outputs/pruned", help="Export directory.")
+        parser.add_argument("--overwrite", type=bool, default=False, help="Replace a non-empty output_dir.")
+        parser.add_argument("--latency_batch_size", type=int, default=32, help="Batch size of the latency check.")
+        parser.add_argument("--latency_seq_len", type=int, default=128, help="Sequence length of the latency check.")
+        parser.add_argument("--latency_seconds", type=float, default=2.0, help="Seconds per latency measurement; 0 skips it.")
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output directory before any work is done."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise ExportError(f"output_dir {path} exists and is not empty: choose another one or pass --overwrite true")
+
+
+def run_pruning(cli: PruneCLI) -> dict:
+    """Dense validation, pruning, pruned validation, export; returns the compression report (rank 0)."""
+    config = cli.config
+    out_dir = Path(config.output_dir)
+    check_output_dir(out_dir, config.overwrite)
+    trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    pruner: KPrune = cli.config_init.pruner
+    metric = module.task.main_metric
+    dense_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+    trainer.callbacks.append(pruner)
+    pruned_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+    report = {}
+    if trainer.is_global_zero:
+        report = _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, out_dir)
+    trainer.strategy.barrier()
+    return report
+
+
+def _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, out_dir: Path) -> dict:
+    config = cli.config
+    result, dense = pruner.result, pruner.dense_model.cpu().eval()
+    small = module.model.cpu().eval()
+    speedup, latency = None, {}
+    if config.latency_seconds > 0:
+        grid = {"batch_sizes": [config.latency_batch_size], "seq_lens": [config.latency_seq_len]}
+        latency["dense"] = measure_latency(dense, min_run_time=config.latency_seconds, **grid)
+        latency["compressed"] = measure_latency(small, min_run_time=config.latency_seconds, **grid)
+        speedup = latency["dense"]["results"][0]["median_ms"] / latency["compressed"]["results"][0]["median_ms"]
+    dense_structure = original_structure(small)
+    fields = {
+        "method": pruner.method,
+        "base_model": module.hparams.model_name_or_path,
+        "task": module.task.name,
+        "flops_reduction_target": pruner.flops_reduction,
+        "flops_reduction_actual": result.flops_reduction,
+        "flops_seq_len": result.seq_len,
+        "params_dense": parameter_counts(dense)["total"],
+        "params_compressed": parameter_counts(small)["total"],
+        "metric_name": metric,
+        "metric_dense": float(dense_metrics[metric]),
+        "metric_compressed": float(pruned_metrics[metric]),
+        "metrics_dense": {k: float(v) for k, v in dense_metrics.items()},
+        "metrics_compressed": {k: float(v) for k, v in pruned_metrics.items()},
+        "prune_seconds": result.seconds["total"],
+        "phase_seconds": result.seconds,
+        "latency_speedup": speedup,
+        "latency": latency,
+        "structure": {
+            "heads_per_layer": [len(h) for h in dense_structure.heads],
+            "neurons_per_layer": [len(n) for n in dense_structure.neurons],
+            "kept": dense_structure.to_dict(),
+        },
+        "pruner_config": {"method": pruner.method, "num_tokens": pruner.num_tokens, **vars(pruner.config)},
+        "sample_set": result.stats,
+        "notes": result.notes,
+    }
+    export_compact(small, out_dir, tokenizer=data.tokenizer, reference=dense, overwrite=config.overwrite, **fields)
+    png = plot_structure(
+        dense_structure,
+        out_dir / STRUCTURE_PNG,
+        title=f"{pruner.method} on {module.task.name}: {result.flops_reduction:.0%} of encoder FLOPs removed",
+    )
+    for logger in cli.trainer.loggers:
+        logger.log_metrics(
+            {
+                "prune/metric_dense": fields["metric_dense"],
+                "prune/metric_compressed": fields["metric_compressed"],
+                "prune/latency_speedup": speedup or 0.0,
+                "prune/params_compressed": fields["params_compressed"],
+            },
+            step=0,
+        )
+        if hasattr(logger, "log_image"):
+            logger.log_image(key="prune/structure", images=[str(png)])
+    return json.loads((out_dir / "compression_report.json").read_text())
+
+
+def summary(report: dict, out_dir: str) -> str:
+    """Human-readable lines for the terminal."""
+    speed = report.get("latency_speedup")
+    return "\n".join(
+        [
+            f"{report['method']} on {report['task']}: {report['flops_reduction_actual']:.1%} of encoder FLOPs removed "
+            f"(target {report['flops_reduction_target']:.0%}) in {report['prune_seconds']:.1f} s",
+            f"{report['metric_name']}: dense {report['metric_dense']:.4f} -> pruned {report['metric_compressed']:.4f}",
+            f"parameters: {report['params_dense']:,} -> {report['params_compressed']:,}",
+            f"measured CPU latency speedup: {speed:.2f}x" if speed else "latency not measured",
+            f"export: {out_dir}",
+        ]
+    )
+
+
+def main(args: list[str] | None = None) -> dict:
+    """Entry point of ``prune.py``."""
+    cli = PruneCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=LoggedSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"default_env": False},
+        args=args,
+        run=False,
+    )
+    report = run_pruning(cli)
+    if report:
+        print(summary(report, cli.config.output_dir))
+    return report

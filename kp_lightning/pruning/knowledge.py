@@ -1,0 +1,165 @@
+"""K-prune knowledge measurement: predictive (squared mask gradients) and representational (closed form).
+
+Scores come from auxiliary masks of ones placed on the inputs of the output projections (one per attention
+head dimension, one per FFN neuron) of every sublayer from the target upward (kprune.md §2.2). The same
+pass accumulates the normal equations of the target sublayer's weight tuning (§2.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.adapter import EncoderAdapter
+
+ATTENTION, FFN = "attention", "ffn"
+
+
+@dataclass(frozen=True)
+class Sublayer:
+    """One sublayer: ``kind`` is ``"attention"`` or ``"ffn"``."""
+
+    layer: int
+    kind: str
+
+    @property
+    def order(self) -> int:
+        """Position in the bottom-up visiting order MHA₀, FFN₀, MHA₁, ..."""
+        return 2 * self.layer + (self.kind == FFN)
+
+    def __str__(self) -> str:
+        return f"{'MHA' if self.kind == ATTENTION else 'FFN'}{self.layer}"
+
+
+def sublayer_order(num_layers: int) -> list[Sublayer]:
+    """All sublayers bottom-up."""
+    return [Sublayer(layer, kind) for layer in range(num_layers) for kind in (ATTENTION, FFN)]
+
+
+def prediction_loss(kind: str, student: dict, teacher: dict, token_mask: torch.Tensor, temperature: float):
+    """Batch-mean distance of the student's predictions to the teacher's (kprune.md §2.2).
+
+    Classification: ``T²·KL(p_T ‖ p_S)`` at temperature ``T``; regression: MSE; question answering: mean of
+    the start- and end-position KL (softmax over non-padding positions); masked LM: KL over non-padding tokens.
+    """
+    t2 = temperature**2
+    if kind == "regression":
+        return F.mse_loss(student["logits"].float(), teacher["logits"].float())
+    if kind == "classification":
+        return _kl(student["logits"], teacher["logits"], temperature) * t2
+    if kind == "question_answering":
+        neg = torch.finfo(torch.float32).min
+        parts = []
+        for key in ("start_logits", "end_logits"):
+            s = student[key].float().masked_fill(~token_mask, neg)
+            t = teacher[key].float().masked_fill(~token_mask, neg)
+            parts.append(_kl(s, t, temperature) * t2)
+        return (parts[0] + parts[1]) / 2
+    if kind == "masked_lm":
+        s = student["logits"][token_mask]
+        t = teacher["logits"][token_mask]
+        return _kl(s, t, temperature) * t2
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    p_t = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(log_p_s, p_t, reduction="batchmean")
+
+
+def output_projection(adapter: EncoderAdapter, sub: Sublayer) -> nn.Linear:
+    view = adapter.layers[sub.layer]
+    return view.attention_out if sub.kind == ATTENTION else view.ffn_down
+
+
+def sublayer_norm(adapter: EncoderAdapter, sub: Sublayer) -> nn.Module:
+    view = adapter.layers[sub.layer]
+    return view.attention_norm if sub.kind == ATTENTION else view.ffn_norm
+
+
+def present(adapter: EncoderAdapter, sub: Sublayer) -> bool:
+    view = adapter.layers[sub.layer]
+    return view.has_attention if sub.kind == ATTENTION else view.has_ffn
+
+
+class KnowledgeProbe:
+    """Hooks that measure knowledge of every unit in sublayers ``>= target`` over a pass of the sample set.
+
+    Per input dimension ``j`` of each probed output projection it accumulates ``Σ_batches ½ (∂L/∂m_j)²``
+    (``pred``) and ``Σ_tokens a_j² · mean(w_j²)`` (``rep``). For the target sublayer it also accumulates
+    the normal equations ``AᵀA`` and ``AᵀB`` with ``A`` the projection's inputs and
+    ``B = Y_T − X_S − b`` the residual the re-solved weight must produce (kprune.md §2.4).
+
+    Args:
+        model: The student, in eval mode, with parameters not requiring grad.
+        target: The sublayer being pruned.
+    """
+
+    def __init__(self, model: nn.Module, target: Sublayer):
+        self.adapter = EncoderAdapter(model)
+        self.target = target
+        self.subs = [
+            s
+            for s in sublayer_order(len(self.adapter.layers))
+            if s.order >= target.order and present(self.adapter, s)
+        ]
+        param = next(model.parameters())
+        self.masks: dict[Sublayer, torch.Tensor] = {}
+        self.pred: dict[Sublayer, torch.Tensor] = {}
+        self.rep: dict[Sublayer, torch.Tensor] = {}
+        for s in self.subs:
+            width = output_projection(self.adapter, s).in_features
+            self.masks[s] = torch.ones(width, device=param.device, dtype=param.dtype, requires_grad=True)
+            self.pred[s] = torch.zeros(width, dtype=torch.float64, device=param.device)
+            self.rep[s] = torch.zeros(width, dtype=torch.float64, device=param.device)
+        self.gram: torch.Tensor | None = None
+        self.rhs: torch.Tensor | None = None
+        self.token_mask: torch.Tensor | None = None
+        self.teacher_sum: torch.Tensor | None = None  # Y_T of the target for the current batch
+        self._handles: list = []
+
+    def __enter__(self) -> KnowledgeProbe:
+        for s in self.subs:
+            self._handles.append(output_projection(self.adapter, s).register_forward_pre_hook(self._mask_hook(s)))
+        if self.target in self.masks:
+            self._handles.append(sublayer_norm(self.adapter, self.target).register_forward_pre_hook(self._norm_hook))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _mask_hook(self, sub: Sublayer):
+        def hook(module, args):
+            a = args[0]
+            tokens = a.detach()[self.token_mask].to(torch.float64)
+            w2 = module.weight.detach().to(torch.float64).pow(2).mean(0)
+            self.rep[sub] += tokens.pow(2).sum(0) * w2
+            if sub == self.target:
+                self._target_input = a.detach()
+            return (a * self.masks[sub],) + tuple(args[1:])
+
+        return hook
+
+    def _norm_hook(self, module, args):
+        """Accumulate the target's normal equations from the pre-LN sum ``S = X_S + W·a + b``."""
+        proj = output_projection(self.adapter, self.target)
+        a = self._target_input[self.token_mask].float()
+        s = args[0].detach()[self.token_mask].float()
+        y = self.teacher_sum[self.token_mask].float()
+        b = y - s + a @ proj.weight.detach().float().T  # = Y_T − X_S − bias
+        gram, rhs = (a.T @ a).double(), (a.T @ b).double()  # per-batch products in fp32, sums in fp64
+        self.gram = gram if self.gram is None else self.gram + gram
+        self.rhs = rhs if self.rhs is None else self.rhs + rhs
+
+    def after_backward(self) -> None:
+        """Add ``½ g²`` of this batch's mask gradients and clear them."""
+        for s, m in self.masks.items():
+            if m.grad is not None:
+                self.pred[s] += 0.5 * m.grad.detach().to(torch.float64).pow(2)
+                m.grad = None

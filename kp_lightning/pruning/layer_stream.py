@@ -1,0 +1,118 @@
+"""Run an encoder from a cached layer input upward, so layers that are already final are not re-run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..core.adapter import EncoderAdapter
+
+
+class _Passthrough(nn.Module):
+    """Stands in for a layer below the start layer: hands its input hidden states on unchanged."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early, once the wanted layer output is captured."""
+
+
+class LayerFeed:
+    """The hidden states the next forward pass starts from (set before each call)."""
+
+    hidden: torch.Tensor | None = None
+
+
+@contextmanager
+def start_at_layer(model: nn.Module, layer: int) -> Iterator[LayerFeed]:
+    """Within the context, ``model(**inputs)`` runs only layers ``layer..L-1`` (plus the task head).
+
+    The embedding output is replaced by ``feed.hidden`` (the cached input of ``layer``) and the layers below
+    are skipped. The model must be in eval mode (dropout after the embeddings must be the identity).
+    """
+    adapter = EncoderAdapter(model)
+    layers = adapter.encoder_modules()
+    feed = LayerFeed()
+
+    def replace(module, args, output):
+        if feed.hidden is None:
+            raise RuntimeError("start_at_layer: set feed.hidden before calling the model")
+        return feed.hidden
+
+    handle = adapter.embedding_norm.register_forward_hook(replace)
+    saved = [layers[i] for i in range(layer)]
+    for i in range(layer):
+        layers[i] = _Passthrough()
+    try:
+        yield feed
+    finally:
+        handle.remove()
+        for i, module in enumerate(saved):
+            layers[i] = module
+
+
+def embedding_output(model: nn.Module, inputs: dict) -> torch.Tensor:
+    """Input of the first encoder layer for ``inputs`` (the embeddings' output)."""
+    adapter = EncoderAdapter(model)
+    captured = {}
+
+    def grab(module, args, output):
+        captured["h"] = output
+        raise _Stop
+
+    handle = adapter.embedding_norm.register_forward_hook(grab)
+    try:
+        model(**inputs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured["h"].detach()
+
+
+@torch.no_grad()
+def layer_outputs(model: nn.Module, layer: int, hidden: torch.Tensor, inputs: dict, capture: dict | None = None):
+    """Run only encoder layer ``layer`` on ``hidden`` and return its output.
+
+    Args:
+        capture: Optional ``{name: module}``: the first positional input of each module is recorded
+            (e.g. a LayerNorm, whose input is the pre-LN residual sum) and returned alongside.
+
+    Returns:
+        ``(layer output, {name: captured input})``.
+    """
+    adapter = EncoderAdapter(model)
+    target = adapter.encoder_modules()[layer]
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in (capture or {}).items():
+        handles.append(module.register_forward_pre_hook(_recorder(seen, name)))
+    out = {}
+
+    def stop(module, args, output):
+        out["h"] = output
+        raise _Stop
+
+    handles.append(target.register_forward_hook(stop))
+    try:
+        with start_at_layer(model, layer) as feed:
+            feed.hidden = hidden
+            model(**inputs)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return out["h"], seen
+
+
+def _recorder(store: dict, name: str):
+    def hook(module, args):
+        store[name] = args[0].detach()
+
+    return hook
