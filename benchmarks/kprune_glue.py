@@ -5,7 +5,7 @@
 
 Teachers come from ``benchmarks/finetune_teachers.py`` (``~/.cache/kp_lightning/teachers/minilm-<task>``),
 data from ``../shared/data``. For each task the dense model is evaluated once and one forward+backward pass
-over the sample set is timed (``pass_seconds``); then each method × reduction is pruned, evaluated with the
+over the sample set is timed right before each pruning run (``pass_seconds``); each run is evaluated with the
 same ``TaskModule`` validation as ``train.py``, and timed at batch 32 × 128 on CPU next to the dense model.
 Rows are appended to ``benchmarks/results/kprune_glue.json`` as they finish (a rerun replaces rows with
 the same task, method and reduction); the markdown table and PNG are rewritten from the JSON.
@@ -71,6 +71,15 @@ def pass_seconds(model: torch.nn.Module, samples: SampleSet) -> float:
 
 def latency_ms(model: torch.nn.Module) -> float:
     return measure_latency(model, batch_sizes=[32], seq_lens=[128], min_run_time=3.0)["results"][0]["median_ms"]
+
+
+def side_by_side_latency(dense: torch.nn.Module, pruned: torch.nn.Module) -> tuple[float, float]:
+    """Dense and pruned latency, interleaved twice (A B A B) so drift on a shared machine hits both alike."""
+    dense_ms, pruned_ms = [], []
+    for _ in range(2):
+        dense_ms.append(latency_ms(dense))
+        pruned_ms.append(latency_ms(pruned))
+    return min(dense_ms), min(pruned_ms)
 
 
 def save_row(row: dict) -> list[dict]:
@@ -144,11 +153,11 @@ def run_task(task: str, methods: list[str], reductions: list[float], num_tokens:
     batch_size = 16 if task == "squad" else 32
     batches = draw_sample_batches(data.datasets["train"], data.train_collator(), num_tokens, batch_size, seed=0)
     samples = SampleSet(batches, "cpu", accepted_inputs(dense))
-    seconds_pass = pass_seconds(dense, samples)
-    print(f"{task}: dense {metric_dense:.4f}, sample {samples.num_samples} examples / {samples.num_tokens} tokens, "
-          f"pass {seconds_pass:.1f} s", flush=True)
+    print(f"{task}: dense {metric_dense:.4f}, sample {samples.num_samples} examples / {samples.num_tokens} tokens",
+          flush=True)
     for method in methods:
         for reduction in reductions:
+            seconds_pass = pass_seconds(dense, samples)  # next to each pruning run: same machine load
             if method == "kprune":
                 result = kprune(dense, samples, module.task.kind, KPruneConfig(reduction), progress=False)
             else:
@@ -156,7 +165,7 @@ def run_task(task: str, methods: list[str], reductions: list[float], num_tokens:
             module.model = result.model
             metric = evaluate(module, data)
             module.model = dense
-            t_dense, t_pruned = latency_ms(dense), latency_ms(result.model)
+            t_dense, t_pruned = side_by_side_latency(dense, result.model)
             row = {
                 "task": task,
                 "method": method,

@@ -115,6 +115,7 @@ def _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, ou
         )
         if hasattr(logger, "log_image"):
             logger.log_image(key="prune/structure", images=[str(png)])
+        logger.save()
     return json.loads((out_dir / "compression_report.json").read_text())
 
 

@@ -9,12 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kp_lightning.cli import KPLightningCLI, main
 from tests.text_fixtures import save_tiny_model, write_sst2
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
+ALL_CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
+PRUNE_CONFIGS = [c for c in ALL_CONFIGS if "pruner" in (yaml.safe_load((REPO / c).read_text()) or {})]
+CONFIGS = [c for c in ALL_CONFIGS if c not in PRUNE_CONFIGS]
 BASE = ["-c", "configs/finetune/glue.yaml", "-c", "configs/data/glue/sst2.yaml"]
 
 

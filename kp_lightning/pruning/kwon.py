@@ -120,6 +120,7 @@ def kwon_prune(
             "num_batches": len(samples),
             **memory.report(),
         },
+        masks=masks,
     )
 
 

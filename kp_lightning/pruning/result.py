@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..core.masks import StructuralMasks
 from ..core.structure import EncoderStructure
 
 
@@ -26,6 +27,8 @@ class PruneResult:
         seconds: Wall time per phase.
         notes: Things the user should know (ridge fallbacks, stopped mask tuning, ...).
         stats: Method-specific numbers (sample size, peak memory, ...).
+        masks: For methods that end with masks on the input model (Kwon et al.: real-valued tuned scales),
+            those masks; ``compact(input, masks)`` is ``model``.
     """
 
     model: nn.Module
@@ -36,6 +39,7 @@ class PruneResult:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    masks: StructuralMasks | None = None
 
     @property
     def flops_reduction(self) -> float:
