@@ -100,7 +100,8 @@ def write_markdown(rows: list[dict]) -> None:
         "the same sample set, measured in the same run. Speedup: fp32 CPU latency at batch 32 × 128, dense and",
         "pruned measured side by side. Reduction = fraction of encoder FLOPs removed.",
         "",
-        "| task | method | FLOPs removed | metric | dense | pruned | Δ | prune s | pass s | prune/pass | speedup | ideal |",
+        "| task | method | FLOPs removed | metric | dense | pruned | Δ | prune s | pass s | prune/pass | speedup"
+        " | ideal |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -153,8 +154,10 @@ def run_task(task: str, methods: list[str], reductions: list[float], num_tokens:
     batch_size = 16 if task == "squad" else 32
     batches = draw_sample_batches(data.datasets["train"], data.train_collator(), num_tokens, batch_size, seed=0)
     samples = SampleSet(batches, "cpu", accepted_inputs(dense))
-    print(f"{task}: dense {metric_dense:.4f}, sample {samples.num_samples} examples / {samples.num_tokens} tokens",
-          flush=True)
+    print(
+        f"{task}: dense {metric_dense:.4f}, sample {samples.num_samples} examples / {samples.num_tokens} tokens",
+        flush=True,
+    )
     for method in methods:
         for reduction in reductions:
             seconds_pass = pass_seconds(dense, samples)  # next to each pruning run: same machine load
@@ -192,8 +195,11 @@ def run_task(task: str, methods: list[str], reductions: list[float], num_tokens:
             rows = save_row(row)
             write_markdown(rows)
             write_plot(rows)
-            print(f"{task} {method} {reduction:.0%}: {metric:.4f} (dense {metric_dense:.4f}), "
-                  f"{row['prune_seconds']:.1f} s, speedup {row['latency_speedup']:.2f}x", flush=True)
+            print(
+                f"{task} {method} {reduction:.0%}: {metric:.4f} (dense {metric_dense:.4f}), "
+                f"{row['prune_seconds']:.1f} s, speedup {row['latency_speedup']:.2f}x",
+                flush=True,
+            )
 
 
 def main() -> None:

@@ -114,7 +114,8 @@ class KPrune(pl.Callback):
         self.result = run(model, samples, pl_module.task.kind, self.config, progress=self.progress)
         self.result.seconds["callback_total"] = time.perf_counter() - tick
         self.structure = self.result.structure
-        _replace_model(pl_module, self.result.model.train(was_training))
+        pruned = self.result.model.train(was_training).requires_grad_(True)  # trainable for a following fit
+        _replace_model(pl_module, pruned)
         self._log(trainer)
 
     def _check_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -16,9 +16,9 @@ import transformers
 from kp_lightning.datamodules import TextClassificationDataModule
 from kp_lightning.modules import TaskModule
 
-POSITIVE = "good great fine superb lovely brilliant charming solid moving fresh".split()
-NEGATIVE = "bad poor dull awful boring weak messy flat tired stale".split()
-NEUTRAL = (
+POSITIVE = ["good", "great", "fine", "superb", "lovely", "brilliant", "charming", "solid", "moving", "fresh"]
+NEGATIVE = ["bad", "poor", "dull", "awful", "boring", "weak", "messy", "flat", "tired", "stale"]
+NEUTRAL = (  # noqa: SIM905  (a word list reads better as one string)
     "the a film plot story actor scene music script camera it was is and but with this that its very quite "
     "somewhat rather mostly often ending start middle cast director score pace tone look feel"
 ).split()

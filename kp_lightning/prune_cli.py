@@ -32,7 +32,9 @@ class PruneCLI(KPLightningCLI):
         parser.add_argument("--overwrite", type=bool, default=False, help="Replace a non-empty output_dir.")
         parser.add_argument("--latency_batch_size", type=int, default=32, help="Batch size of the latency check.")
         parser.add_argument("--latency_seq_len", type=int, default=128, help="Sequence length of the latency check.")
-        parser.add_argument("--latency_seconds", type=float, default=2.0, help="Seconds per latency measurement; 0 skips it.")
+        parser.add_argument(
+            "--latency_seconds", type=float, default=2.0, help="Seconds per latency measurement; 0 skips it."
+        )
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
@@ -61,8 +63,9 @@ def run_pruning(cli: PruneCLI) -> dict:
 
 def _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, out_dir: Path) -> dict:
     config = cli.config
-    result, dense = pruner.result, pruner.dense_model.cpu().eval()
-    small = module.model.cpu().eval()
+    device = cli.trainer.strategy.root_device
+    result, dense = pruner.result, pruner.dense_model.to(device).eval()
+    small = module.model.to(device).eval()
     speedup, latency = None, {}
     if config.latency_seconds > 0:
         grid = {"batch_sizes": [config.latency_batch_size], "seq_lens": [config.latency_seq_len]}
@@ -87,7 +90,7 @@ def _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, ou
         "prune_seconds": result.seconds["total"],
         "phase_seconds": result.seconds,
         "latency_speedup": speedup,
-        "latency": latency,
+        "latency": latency,  # measured on the run's device (CPU, or the GPU prune.py ran on)
         "structure": {
             "heads_per_layer": [len(h) for h in dense_structure.heads],
             "neurons_per_layer": [len(n) for n in dense_structure.neurons],
@@ -97,7 +100,9 @@ def _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, ou
         "sample_set": result.stats,
         "notes": result.notes,
     }
-    export_compact(small, out_dir, tokenizer=data.tokenizer, reference=dense, overwrite=config.overwrite, **fields)
+    export_compact(
+        small.cpu(), out_dir, tokenizer=data.tokenizer, reference=dense.cpu(), overwrite=config.overwrite, **fields
+    )
     png = plot_structure(
         dense_structure,
         out_dir / STRUCTURE_PNG,

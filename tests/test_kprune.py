@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import ARCHS, main_output, tiny_batch, tiny_model
 from kp_lightning.core.adapter import EncoderAdapter
 from kp_lightning.core.export import export_compact, load_compressed
 from kp_lightning.core.flops import encoder_flops
@@ -16,6 +15,7 @@ from kp_lightning.pruning.least_squares import solve_normal_equations
 from kp_lightning.pruning.mask_search import threshold_keep
 from kp_lightning.pruning.sample_set import SampleSet
 from kp_lightning.pruning.sampling import draw_sample_batches
+from tests.helpers import ARCHS, main_output, tiny_batch, tiny_model
 
 TASKS = {"classification": "ForSequenceClassification", "question_answering": "ForQuestionAnswering"}
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")

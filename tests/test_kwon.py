@@ -43,7 +43,9 @@ def brute_force(head_imp, neuron_imp, fh, fn, budget):
         n = max(0, min(len(neuron_imp), int((budget - k * fh) // fn)))
         if k * fh > budget:
             continue
-        value = float(head_imp.sort(descending=True).values[:k].sum() + neuron_imp.sort(descending=True).values[:n].sum())
+        value = float(
+            head_imp.sort(descending=True).values[:k].sum() + neuron_imp.sort(descending=True).values[:n].sum()
+        )
         if value > best_value:
             best, best_value = (k, n), value
     return best

@@ -72,7 +72,7 @@ def test_prune_writes_a_complete_export_whose_metric_reproduces(setup, tmp_path,
     out = tmp_path / "out"
     report = prune_main([*common, *csv_logger(tmp_path / "logs"), "--pruner.method", method,
                          "--pruner.flops_reduction", "0.5", "--output_dir", str(out)])  # fmt: skip
-    assert REPORT_KEYS <= set(report)
+    assert set(report) >= REPORT_KEYS
     assert report["method"] == method and report["task"] == "sst2" and report["base_model"] == str(model)
     assert report["flops_reduction_actual"] == pytest.approx(0.5, abs=0.06)
     assert report["params_compressed"] < report["params_dense"]
@@ -108,7 +108,8 @@ def test_bad_input_stops_before_any_output(setup, tmp_path):
         prune_main([*common, "--pruner.flops_reduction", "1.5", "--output_dir", str(tmp_path / "a")])
     untrained = tmp_path / "encoder-only"
     save_tiny_model(untrained, "Model")  # no task head: loading initialises a new one
-    args = [*common, "--pruner.flops_reduction", "0.5", "--output_dir", str(tmp_path / "b"), "--trainer.logger", "false"]
+    args = [*common, "--pruner.flops_reduction", "0.5", "--output_dir", str(tmp_path / "b"),
+            "--trainer.logger", "false"]  # fmt: skip
     args[args.index(str(model))] = str(untrained)
     with pytest.raises(PruneError, match="newly initialised"):
         prune_main(args)
@@ -121,9 +122,8 @@ def test_a_data_tokenizer_that_is_not_the_models_is_refused(setup, tmp_path):
     save_tiny_model(other, "ForSequenceClassification")
     from transformers import BertTokenizer
 
-    BertTokenizer(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad"])}).save_pretrained(
-        other
-    )
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad"]
+    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(other)
     data = GlueDataModule(task="sst2", data_dir=str(glue), tokenizer=str(other), cache_dir=None, batch_size=8)
     module = TaskModule(str(model), task_spec=data.task_spec)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -157,8 +157,9 @@ def test_two_gloo_processes_prune_exactly_like_one(setup, tmp_path, method):
     root, model, glue, common = setup
     weights = {}
     for name, extra in (("one", []), ("two", ["--trainer.strategy", "ddp", "--trainer.devices", "2"])):
-        run_script("prune.py", [*common, *extra, "--pruner.method", method, "--pruner.flops_reduction", "0.5",
-                                "--output_dir", str(tmp_path / name), "--trainer.logger", "false"], tmp_path)  # fmt: skip
+        args = [*common, *extra, "--pruner.method", method, "--pruner.flops_reduction", "0.5",
+                "--output_dir", str(tmp_path / name), "--trainer.logger", "false"]  # fmt: skip
+        run_script("prune.py", args, tmp_path)
         weights[name] = load_file(tmp_path / name / "model.safetensors")
     assert weights["one"].keys() == weights["two"].keys()
     for key, value in weights["one"].items():
@@ -196,7 +197,8 @@ def test_kprune_then_fit_checkpoints_reload_and_resume(setup, tmp_path):
                             "--data.init_args.data_dir", str(glue), "--data.init_args.cache_dir", str(root / "cache"),
                             "--trainer.accelerator", "cpu", "--trainer.logger", "false",
                             "--pruner.flops_reduction", "0.3", "--pruner.num_tokens", "200",
-                            "--pruner.batch_size", "8", "--latency_seconds", "0", "--output_dir", str(out)], tmp_path)  # fmt: skip
+                            "--pruner.batch_size", "8", "--latency_seconds", "0",
+                            "--output_dir", str(out)], tmp_path)  # fmt: skip
     report = json.loads((out / "compression_report.json").read_text())
     assert report["base_model"] == str(ckpt)
     assert sum(report["structure"]["heads_per_layer"]) <= sum(EncoderAdapter(pruned).shape().heads)

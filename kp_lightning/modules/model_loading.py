@@ -12,7 +12,6 @@ from torch import nn
 
 from kp_lightning.core.compaction import compact
 from kp_lightning.core.structure import EncoderStructure
-
 from kp_lightning.data.task_spec import TaskSpec
 
 AUTO_CLASSES = {

@@ -103,9 +103,7 @@ class KnowledgeProbe:
         self.adapter = EncoderAdapter(model)
         self.target = target
         self.subs = [
-            s
-            for s in sublayer_order(len(self.adapter.layers))
-            if s.order >= target.order and present(self.adapter, s)
+            s for s in sublayer_order(len(self.adapter.layers)) if s.order >= target.order and present(self.adapter, s)
         ]
         param = next(model.parameters())
         self.masks: dict[Sublayer, torch.Tensor] = {}

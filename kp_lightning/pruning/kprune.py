@@ -21,12 +21,12 @@ from ..core.compaction import compact, original_structure
 from ..core.flops import encoder_flops, head_flops, neuron_flops
 from ..core.masks import StructuralMasks
 from .distributed import all_reduce_sum, world
-from .knowledge import ATTENTION, KnowledgeProbe, Sublayer, output_projection, prediction_loss, sublayer_order
+from .knowledge import ATTENTION, KnowledgeProbe, output_projection, prediction_loss, sublayer_order
 from .layer_stream import embedding_output, layer_outputs, start_at_layer
 from .least_squares import solve_normal_equations
 from .mask_search import threshold_keep
-from .result import PruneError, PruneResult, structure_within
 from .resources import MemoryTracker
+from .result import PruneError, PruneResult, structure_within
 from .sample_set import SampleSet
 
 SUPPORTED_KINDS = ("classification", "regression", "question_answering")

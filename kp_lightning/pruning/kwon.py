@@ -20,8 +20,8 @@ from .distributed import all_reduce_sum
 from .kprune import check_reduction, check_task_kind, freeze
 from .kwon_tuning import tune_mask_scales
 from .mask_search import kwon_search
-from .result import PruneError, PruneResult, structure_within
 from .resources import MemoryTracker
+from .result import PruneError, PruneResult, structure_within
 from .sample_set import SampleSet
 
 LABEL_KEYS = {"question_answering": ("start_positions", "end_positions")}

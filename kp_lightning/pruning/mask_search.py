@@ -28,7 +28,11 @@ def threshold_keep(scores: torch.Tensor, flops: torch.Tensor, budget: float) -> 
 
 
 def kwon_search(
-    head_importance: torch.Tensor, neuron_importance: torch.Tensor, head_flops: float, neuron_flops: float, budget: float
+    head_importance: torch.Tensor,
+    neuron_importance: torch.Tensor,
+    head_flops: float,
+    neuron_flops: float,
+    budget: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Kwon et al.'s mask search (kprune.md §3.3): for every number of kept heads ``k ≥ 1`` fill the rest of
     the budget with the most important neurons; keep the ``(k, n)`` with the largest total importance.
