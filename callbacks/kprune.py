@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 import transformers
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
 
 from kp_lightning.core.adapter import EncoderAdapter
 from kp_lightning.core.compaction import compact
@@ -98,6 +99,7 @@ class KPrune(pl.Callback):
         if restored is not None:
             self.structure = restored
             _replace_model(pl_module, compact(pl_module.model, restored))
+            rank_zero_info(f"KPrune: rebuilt the pruned structure recorded in {trainer.ckpt_path} (not pruning again)")
             return
         self._check_inputs(trainer, pl_module)
         dataset = trainer.datamodule.datasets["train"]

@@ -176,11 +176,10 @@ def test_kprune_then_fit_checkpoints_reload_and_resume(setup, tmp_path):
             "--trainer.callbacks+=KPrune", "--trainer.callbacks.flops_reduction", "0.5",
             "--trainer.callbacks.num_tokens", "200", "--trainer.callbacks.batch_size", "8",
             "--trainer.callbacks.progress", "false",
-            "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(tmp_path / "ckpt"),
-            "--trainer.callbacks.save_last", "true", "--trainer.logger", "false",
+            "-c", str(REPO / "configs/logger/csv.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path),
             "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     run_script("train.py", ["fit", *args, "--trainer.max_steps", "3"], tmp_path)
-    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    ckpt = next(tmp_path.rglob("last.ckpt"))  # configs/finetune/glue.yaml saves the last checkpoint
     spec = GlueDataModule(task="sst2", data_dir=str(glue), tokenizer=str(model), cache_dir=None).task_spec
     pruned = load_task_model(str(ckpt), spec)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
@@ -190,6 +189,7 @@ def test_kprune_then_fit_checkpoints_reload_and_resume(setup, tmp_path):
     # Resuming rebuilds the pruned structure from the checkpoint (no second pruning) and trains on.
     resumed = run_script("train.py", ["fit", *args, "--trainer.max_steps", "5", "--ckpt_path", str(ckpt)], tmp_path)
     assert "Restored all states" in resumed.stderr + resumed.stdout
+    assert "KPrune: rebuilt the pruned structure recorded in" in resumed.stderr + resumed.stdout
     # prune.py takes a Lightning checkpoint as its model.
     out = tmp_path / "again"
     run_script("prune.py", ["--model", "TaskModule", "--model.init_args.model_name_or_path", str(ckpt),
