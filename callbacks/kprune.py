@@ -16,7 +16,7 @@ from kp_lightning.core.compaction import compact
 from kp_lightning.core.structure import EncoderStructure
 from kp_lightning.modules.model_loading import STRUCTURE_STATE_KEY, accepted_inputs
 from kp_lightning.pruning import KPruneConfig, KwonConfig, PruneError, PruneResult, kprune, kwon_prune
-from kp_lightning.pruning.kprune import check_reduction, check_task_kind
+from kp_lightning.pruning.pruning_run import check_reduction, check_task_kind
 from kp_lightning.pruning.sample_set import SampleSet
 from kp_lightning.pruning.sampling import draw_sample_batches
 

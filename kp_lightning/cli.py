@@ -32,9 +32,9 @@ class KPLightningCLI(LightningCLI):
         parser.link_arguments("data.task_spec", "model.init_args.task_spec", apply_on="instantiate")
 
 
-def main(args: list[str] | None = None, run: bool = True) -> KPLightningCLI:
-    """Entry point of ``train.py`` (``args=None`` reads ``sys.argv``)."""
-    return KPLightningCLI(
+def build_cli(cli_class: type[KPLightningCLI], args: list[str] | None, run: bool) -> KPLightningCLI:
+    """Parse ``args`` (``None`` reads ``sys.argv``) into model, data and trainer; run the subcommand if ``run``."""
+    return cli_class(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,
@@ -45,3 +45,8 @@ def main(args: list[str] | None = None, run: bool = True) -> KPLightningCLI:
         args=args,
         run=run,
     )
+
+
+def main(args: list[str] | None = None, run: bool = True) -> KPLightningCLI:
+    """Entry point of ``train.py`` (``args=None`` reads ``sys.argv``)."""
+    return build_cli(KPLightningCLI, args, run)

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning.pytorch as pl
-
 from callbacks.kprune import KPrune
-from kp_lightning.cli import KPLightningCLI, LoggedSaveConfigCallback
+from kp_lightning.cli import KPLightningCLI, build_cli
 from kp_lightning.core.compaction import original_structure
 from kp_lightning.core.export import ExportError, export_compact
 from kp_lightning.core.latency import measure_latency
@@ -141,17 +139,7 @@ def summary(report: dict, out_dir: str) -> str:
 
 def main(args: list[str] | None = None) -> dict:
     """Entry point of ``prune.py``."""
-    cli = PruneCLI(
-        pl.LightningModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=LoggedSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": False},
-        args=args,
-        run=False,
-    )
+    cli = build_cli(PruneCLI, args, run=False)
     report = run_pruning(cli)
     if report:
         print(summary(report, cli.config.output_dir))

@@ -212,3 +212,15 @@ def test_the_offline_demo_runs_with_no_arguments(tmp_path):
     assert report["flops_reduction_actual"] == pytest.approx(0.6, abs=0.02)
     assert report["metric_dense"] > 0.75  # the demo model learned its task, so pruning has something to lose
     assert (tmp_path / "outputs/demo/pruned/structure.png").exists()
+
+
+@pytest.mark.gpu
+def test_fsdp_is_refused_with_a_way_forward(setup, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("FSDP needs a CUDA device")
+    root, model, glue, common = setup
+    args = [*common, "--trainer.accelerator", "gpu", "--trainer.strategy", "fsdp", "--pruner.flops_reduction", "0.5",
+            "--output_dir", str(tmp_path / "out"), "--trainer.logger", "false"]  # fmt: skip
+    with pytest.raises(PruneError, match="does not run under FSDP"):
+        prune_main(args)
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,6 @@ accumulated during the measurement pass, so no per-token features are stored.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -17,19 +16,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.adapter import EncoderAdapter
-from ..core.compaction import compact, original_structure
-from ..core.flops import encoder_flops, head_flops, neuron_flops
+from ..core.compaction import compact
 from ..core.masks import StructuralMasks
 from .distributed import all_reduce_sum, world
-from .knowledge import ATTENTION, KnowledgeProbe, output_projection, prediction_loss, sublayer_order
+from .knowledge import ATTENTION, KnowledgeProbe, output_projection, prediction_loss, present, sublayer_order
 from .layer_stream import embedding_output, layer_outputs, start_at_layer
 from .least_squares import solve_normal_equations
 from .mask_search import threshold_keep
-from .resources import MemoryTracker
-from .result import PruneError, PruneResult, structure_within
+from .pruning_run import PruningRun, check_reduction, freeze
+from .result import PruneError, PruneResult
 from .sample_set import SampleSet
 
-SUPPORTED_KINDS = ("classification", "regression", "question_answering")
 OUTPUT_KEYS = {"question_answering": ("start_logits", "end_logits")}
 
 
@@ -65,31 +62,8 @@ class KPruneConfig:
             raise PruneError(f"mu must be positive, got {self.mu}")
 
 
-def check_reduction(value: float) -> None:
-    """Raise unless ``value`` is a fraction of FLOPs to remove strictly between 0 and 1."""
-    if not 0 < value < 1:
-        raise PruneError(
-            f"flops_reduction is the fraction of FLOPs to REMOVE and must be in (0, 1), got {value}. "
-            "For 'keep 40 %' (Kwon et al.'s convention) write flops_reduction: 0.6."
-        )
-
-
-def check_task_kind(kind: str) -> None:
-    if kind not in SUPPORTED_KINDS:
-        raise PruneError(
-            f"retraining-free pruning needs a fine-tuned task model ({', '.join(SUPPORTED_KINDS)}); got a "
-            f"{kind!r} task. Fine-tune the encoder on the task first with train.py."
-        )
-
-
 def teacher_outputs(kind: str, out) -> dict[str, torch.Tensor]:
     return {k: getattr(out, k).detach() for k in OUTPUT_KEYS.get(kind, ("logits",))}
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
 
 
 def kprune(
@@ -105,83 +79,48 @@ def kprune(
         progress: Show a tqdm bar per sublayer (rank 0 only).
     """
     config.validate()
-    check_task_kind(task_kind)
-    start = time.perf_counter()
-    memory = MemoryTracker(samples.device)
-    student = freeze(compact(model, StructuralMasks.ones(EncoderAdapter(model).shape())))
-    shape = EncoderAdapter(student).shape()
-    seq_len = config.seq_len or samples.mean_length
-    f_head = head_flops(shape.hidden_size, shape.head_size, seq_len)
-    f_neuron = neuron_flops(shape.hidden_size, seq_len)
-    flops_dense = encoder_flops(shape, seq_len)
-    budget = flops_dense * (1 - config.flops_reduction)
-    seconds = {"teacher": 0.0, "measure": 0.0, "search": 0.0, "tune": 0.0, "advance": 0.0}
-    notes: list[str] = []
+    run = PruningRun(model, samples, task_kind, config.seq_len)
+    student, memory = run.student, run.memory
+    budget = run.flops_dense * (1 - config.flops_reduction)
 
-    tick = time.perf_counter()
     soft, teacher_hidden = {}, {}
-    with torch.no_grad():
+    with run.timed("teacher"), torch.no_grad():
         for i, batch in samples.batches():
             inputs = samples.model_inputs(batch)
             soft[i] = teacher_outputs(task_kind, student(**inputs))
             teacher_hidden[i] = embedding_output(student, inputs)
     student_hidden = dict(teacher_hidden)
     memory.add_cache("teacher_predictions", soft)
-    seconds["teacher"] += time.perf_counter() - tick
 
-    bar = tqdm(sublayer_order(shape.num_layers), desc="K-prune", disable=not progress or world()[0] != 0)
+    bar = tqdm(sublayer_order(run.shape.num_layers), desc="K-prune", disable=not progress or world()[0] != 0)
     targets: dict[int, dict[str, torch.Tensor]] = {}
     for sub in bar:
         bar.set_postfix_str(str(sub))
         adapter = EncoderAdapter(student)
-        if sub.kind == ATTENTION:
-            tick = time.perf_counter()
-            capture = _norm_modules(adapter, sub.layer)
-            for i, batch in samples.batches():
-                teacher_hidden[i], targets[i] = layer_outputs(
-                    student, sub.layer, teacher_hidden[i], samples.model_inputs(batch), capture
-                )
+        if sub.kind == ATTENTION:  # the dense layer's targets, while it is still unpruned
+            with run.timed("teacher"):
+                capture = _norm_modules(adapter, sub.layer)
+                for i, batch in samples.batches():
+                    teacher_hidden[i], targets[i] = layer_outputs(
+                        student, sub.layer, teacher_hidden[i], samples.model_inputs(batch), capture
+                    )
             memory.add_cache("teacher_layer", teacher_hidden, targets, student_hidden)
-            seconds["teacher"] += time.perf_counter() - tick
-        view = adapter.layers[sub.layer]
-        if (sub.kind == ATTENTION and view.has_attention) or (sub.kind != ATTENTION and view.has_ffn):
-            tick = time.perf_counter()
-            probe = _measure(student, sub, samples, soft, student_hidden, targets, task_kind, config)
-            seconds["measure"] += time.perf_counter() - tick
-            tick = time.perf_counter()
-            keep_target, scores = _search(probe, sub, samples, config, f_head, f_neuron, budget, shape.head_size)
-            seconds["search"] += time.perf_counter() - tick
-            tick = time.perf_counter()
-            student, kept_flops, note = _prune_and_tune(student, probe, sub, keep_target, config, f_head, f_neuron)
+        if present(adapter, sub):
+            with run.timed("measure"):
+                probe = _measure(student, sub, samples, soft, student_hidden, targets, task_kind, config)
+            with run.timed("search"):
+                keep = _search(probe, sub, samples, config, run, budget)
+            with run.timed("tune"):
+                student, kept_flops, note = _prune_and_tune(student, probe, sub, keep, config, run)
             budget -= kept_flops
-            if note:
-                notes.append(note)
-            seconds["tune"] += time.perf_counter() - tick
+            run.notes += [note] if note else []
         if sub.kind != ATTENTION:
-            tick = time.perf_counter()
-            for i, batch in samples.batches():
-                student_hidden[i], _ = layer_outputs(student, sub.layer, student_hidden[i], samples.model_inputs(batch))
-            seconds["advance"] += time.perf_counter() - tick
+            with run.timed("advance"):
+                for i, batch in samples.batches():
+                    inputs = samples.model_inputs(batch)
+                    student_hidden[i], _ = layer_outputs(student, sub.layer, student_hidden[i], inputs)
         memory.sample()
-
-    flops_pruned = encoder_flops(EncoderAdapter(student).shape(), seq_len)
-
-    seconds["total"] = time.perf_counter() - start
-    return PruneResult(
-        model=student,
-        structure=structure_within(original_structure(model), original_structure(student)),
-        flops_dense=flops_dense,
-        flops_pruned=flops_pruned,
-        seq_len=seq_len,
-        seconds=seconds,
-        notes=notes,
-        stats={
-            "num_samples": samples.num_samples,
-            "num_tokens": samples.num_tokens,
-            "num_batches": len(samples),
-            **memory.report(),
-        },
-    )
+    return run.result(student)
 
 
 def _norm_modules(adapter: EncoderAdapter, layer: int) -> dict[str, nn.Module]:
@@ -223,7 +162,7 @@ def _measure(student, sub, samples, soft, student_hidden, targets, task_kind, co
     return probe
 
 
-def _search(probe, sub, samples, config, f_head, f_neuron, budget, head_size):
+def _search(probe, sub, samples, config, run: PruningRun, budget: float):
     """KPMS: one score-per-FLOP threshold over all units from ``sub`` up; returns the target's keep mask."""
     scores, flops, owners = [], [], []
     for s in probe.subs:
@@ -231,11 +170,11 @@ def _search(probe, sub, samples, config, f_head, f_neuron, budget, head_size):
         k_rep = probe.rep[s] / samples.num_tokens
         knowledge = config.lambda_pred * k_pred + config.lambda_rep * k_rep
         if s.kind == ATTENTION:
-            score = config.mu * knowledge.view(-1, head_size).mean(1) / f_head
-            cost = f_head
+            score = config.mu * knowledge.view(-1, run.shape.head_size).mean(1) / run.head_flops
+            cost = run.head_flops
         else:
-            score = knowledge / f_neuron
-            cost = f_neuron
+            score = knowledge / run.neuron_flops
+            cost = run.neuron_flops
         if not torch.isfinite(score).all():
             raise PruneError(
                 f"NaN or infinite knowledge scores at {s} while pruning {sub}: the model produces non-finite "
@@ -247,10 +186,10 @@ def _search(probe, sub, samples, config, f_head, f_neuron, budget, head_size):
     keep = threshold_keep(torch.cat(scores), torch.cat(flops), budget)
     target_index = owners.index(sub)
     start = sum(len(s) for s in scores[:target_index])
-    return keep[start : start + len(scores[target_index])], scores
+    return keep[start : start + len(scores[target_index])]
 
 
-def _prune_and_tune(student, probe, sub, keep, config, f_head, f_neuron):
+def _prune_and_tune(student, probe, sub, keep, config, run: PruningRun):
     """Slice away the target's pruned units and re-solve its output projection (KPWT)."""
     adapter = EncoderAdapter(student)
     shape = adapter.shape()
@@ -259,11 +198,11 @@ def _prune_and_tune(student, probe, sub, keep, config, f_head, f_neuron):
     if sub.kind == ATTENTION:
         masks.head[sub.layer] = keep.to(masks.head[sub.layer].dtype)
         dims = (kept[:, None] * shape.head_size + torch.arange(shape.head_size, device=keep.device)).flatten()
-        kept_flops = len(kept) * f_head
+        kept_flops = len(kept) * run.head_flops
     else:
         masks.neuron[sub.layer] = keep.to(masks.neuron[sub.layer].dtype)
         dims = kept
-        kept_flops = len(kept) * f_neuron
+        kept_flops = len(kept) * run.neuron_flops
     pruned = freeze(compact(student, masks))
     note = None
     if len(kept) and config.weight_tuning:

@@ -6,22 +6,19 @@ least-squares tuning of the kept mask values toward a less-pruned "teacher-assis
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..core.adapter import EncoderAdapter
-from ..core.compaction import compact, original_structure
-from ..core.flops import encoder_flops, head_flops, neuron_flops
+from ..core.compaction import compact
 from ..core.masks import StructuralMasks
 from .distributed import all_reduce_sum
-from .kprune import check_reduction, check_task_kind, freeze
 from .kwon_tuning import tune_mask_scales
 from .mask_search import kwon_search
-from .resources import MemoryTracker
-from .result import PruneError, PruneResult, structure_within
+from .pruning_run import PruningRun, check_reduction, freeze
+from .result import PruneError, PruneResult
 from .sample_set import SampleSet
 
 LABEL_KEYS = {"question_answering": ("start_positions", "end_positions")}
@@ -67,61 +64,28 @@ def kwon_prune(
         progress: Show tqdm progress (rank 0 only).
     """
     config.validate()
-    check_task_kind(task_kind)
     label_keys = LABEL_KEYS.get(task_kind, ("labels",))
-    first = samples.all_batches[0]
-    if any(k not in first for k in label_keys):
+    if any(k not in samples.all_batches[0] for k in label_keys):
         raise PruneError(
             f"Kwon et al.'s Fisher importance needs labelled samples ({', '.join(label_keys)}); the sample batches "
             "have none. Use the labelled training split."
         )
-    start = time.perf_counter()
-    memory = MemoryTracker(samples.device)
-    student = freeze(compact(model, StructuralMasks.ones(EncoderAdapter(model).shape())))
-    shape = EncoderAdapter(student).shape()
-    seq_len = config.seq_len or samples.mean_length
-    f_head = head_flops(shape.hidden_size, shape.head_size, seq_len)
-    f_neuron = neuron_flops(shape.hidden_size, seq_len)
-    flops_dense = encoder_flops(shape, seq_len)
-    seconds: dict[str, float] = {}
-    notes: list[str] = []
-
-    tick = time.perf_counter()
-    head_grads, neuron_grads = fisher_gradients(student, samples)
-    memory.add_cache("fisher_gradients", head_grads, neuron_grads)
-    seconds["fisher"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    kept = 1 - config.flops_reduction
-    masks = _search_masks(shape, head_grads, neuron_grads, f_head, f_neuron, flops_dense * kept, config.rearrange)
-    assistant = _search_masks(
-        shape, head_grads, neuron_grads, f_head, f_neuron, flops_dense * math.sqrt(kept), config.rearrange
-    )
-    seconds["search"] = time.perf_counter() - tick
-
+    run = PruningRun(model, samples, task_kind, config.seq_len)
+    student, shape = run.student, run.shape
+    with run.timed("fisher"):
+        head_grads, neuron_grads = fisher_gradients(student, samples)
+    run.memory.add_cache("fisher_gradients", head_grads, neuron_grads)
+    with run.timed("search"):
+        costs = (run.head_flops, run.neuron_flops)
+        kept = 1 - config.flops_reduction
+        masks = _search_masks(shape, head_grads, neuron_grads, *costs, run.flops_dense * kept, config.rearrange)
+        assistant = _search_masks(
+            shape, head_grads, neuron_grads, *costs, run.flops_dense * math.sqrt(kept), config.rearrange
+        )
     if config.mask_tuning:
-        tick = time.perf_counter()
-        notes += tune_mask_scales(student, samples, masks, assistant, task_kind, config, progress)
-        seconds["tune"] = time.perf_counter() - tick
-    pruned = freeze(compact(student, masks))
-    memory.sample()
-    seconds["total"] = time.perf_counter() - start
-    return PruneResult(
-        model=pruned,
-        structure=structure_within(original_structure(model), original_structure(pruned)),
-        flops_dense=flops_dense,
-        flops_pruned=encoder_flops(EncoderAdapter(pruned).shape(), seq_len),
-        seq_len=seq_len,
-        seconds=seconds,
-        notes=notes,
-        stats={
-            "num_samples": samples.num_samples,
-            "num_tokens": samples.num_tokens,
-            "num_batches": len(samples),
-            **memory.report(),
-        },
-        masks=masks,
-    )
+        with run.timed("tune"):
+            run.notes += tune_mask_scales(student, samples, masks, assistant, task_kind, config, progress)
+    return run.result(freeze(compact(student, masks)), masks=masks)
 
 
 def fisher_gradients(model: nn.Module, samples: SampleSet) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
