@@ -125,11 +125,14 @@ def _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, ou
 def summary(report: dict, out_dir: str) -> str:
     """Human-readable lines for the terminal."""
     speed = report.get("latency_speedup")
+    flops = report["reference"]["flops"]
+    dense_g, pruned_g = flops["analytic"]["total"] / 1e9, report["compressed"]["flops"]["analytic"]["total"] / 1e9
     return "\n".join(
         [
             f"{report['method']} on {report['task']}: {report['flops_reduction_actual']:.1%} of encoder FLOPs removed "
             f"(target {report['flops_reduction_target']:.0%}) in {report['prune_seconds']:.1f} s",
             f"{report['metric_name']}: dense {report['metric_dense']:.4f} -> pruned {report['metric_compressed']:.4f}",
+            f"FLOPs per {flops['seq_len']}-token sequence (encoder + head): {dense_g:.3f} G -> {pruned_g:.3f} G",
             f"parameters: {report['params_dense']:,} -> {report['params_compressed']:,}",
             f"measured CPU latency speedup: {speed:.2f}x" if speed else "latency not measured",
             f"export: {out_dir}",
