@@ -27,7 +27,8 @@ class KPrune(pl.Callback):
     Used alone (``prune.py``, or ``train.py validate``) it is retraining-free pruning; at the start of a
     ``train.py fit`` run the pruned model is then fine-tuned or distilled. Under DDP every rank measures its
     share of the sample batches and the statistics are all-reduced, so all ranks build the same model.
-    Checkpoints record the kept structure, so a resumed run rebuilds the pruned model without pruning again.
+    Checkpoints record the kept structure, so a resumed run rebuilds the pruned model without pruning again
+    (``train.py fit --ckpt_path`` does this; from Python set ``trainer.ckpt_path`` before ``trainer.fit``).
 
     Args:
         flops_reduction: Fraction of encoder FLOPs to REMOVE, in (0, 1) (0.6 keeps 40 %).

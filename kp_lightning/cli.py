@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -30,6 +32,16 @@ class KPLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
         parser.link_arguments("data.task_spec", "model.init_args.task_spec", apply_on="instantiate")
+
+    def before_fit(self) -> None:
+        """``fit --ckpt_path FILE``: give the trainer the checkpoint before its ``setup`` hooks run (Lightning
+        only records it later), so callbacks that change the architecture, such as ``KPrune``, rebuild it from
+        the checkpoint instead of recomputing it."""
+        config = self.config_init[self.subcommand]
+        path = config.get("ckpt_path")
+        if path and Path(path).is_file():
+            self.trainer.ckpt_path = path
+            config.ckpt_path = None
 
 
 def build_cli(cli_class: type[KPLightningCLI], args: list[str] | None, run: bool) -> KPLightningCLI:
