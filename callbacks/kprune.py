@@ -94,7 +94,7 @@ class KPrune(pl.Callback):
         if isinstance(trainer.strategy, FSDPStrategy):
             raise PruneError(
                 "KPrune does not run under FSDP: prune with prune.py (single device or DDP), then fine-tune the "
-                "exported model with FSDP (train.py fit --model.model_name_or_path <export dir>)."
+                "exported model with FSDP (train.py fit --model.init_args.model_name_or_path <export dir>)."
             )
         restored = self._structure_from_checkpoint(trainer.ckpt_path)
         if restored is not None:
