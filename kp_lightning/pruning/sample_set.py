@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from .distributed import all_reduce_sum, owned_batches
+from .distributed import owned_batches
 from .result import PruneError
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -52,9 +52,3 @@ class SampleSet:
     def token_mask(self, batch: dict) -> torch.Tensor:
         """Boolean ``[batch, seq]`` mask of the non-padding tokens."""
         return batch["attention_mask"].bool()
-
-    @staticmethod
-    def reduce(*tensors: torch.Tensor) -> None:
-        """Sum statistics over processes in place."""
-        for t in tensors:
-            all_reduce_sum(t)
