@@ -6,18 +6,18 @@ or the command line, as in ``train.py``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from callbacks.kprune import KPrune
 from kp_lightning.cli import KPLightningCLI, build_cli
-from kp_lightning.core.compaction import original_structure
-from kp_lightning.core.export import ExportError, export_compact
-from kp_lightning.core.latency import measure_latency
-from kp_lightning.core.report import parameter_counts
-from kp_lightning.core.structure_plot import plot_structure
-
-STRUCTURE_PNG = "structure.png"
+from kp_lightning.core.export import ExportError
+from kp_lightning.core.structured_export import (
+    STRUCTURE_PNG,
+    LatencyCheck,
+    export_structured,
+    latency_speedup,
+    structure_fields,
+)
 
 
 class PruneCLI(KPLightningCLI):
@@ -64,22 +64,16 @@ def _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, ou
     device = cli.trainer.strategy.root_device
     result, dense = pruner.result, pruner.dense_model.to(device).eval()
     small = module.model.to(device).eval()
-    speedup, latency = None, {}
-    if config.latency_seconds > 0:
-        grid = {"batch_sizes": [config.latency_batch_size], "seq_lens": [config.latency_seq_len]}
-        latency["dense"] = measure_latency(dense, min_run_time=config.latency_seconds, **grid)
-        latency["compressed"] = measure_latency(small, min_run_time=config.latency_seconds, **grid)
-        speedup = latency["dense"]["results"][0]["median_ms"] / latency["compressed"]["results"][0]["median_ms"]
-    dense_structure = original_structure(small)
+    check = LatencyCheck(config.latency_batch_size, config.latency_seq_len, config.latency_seconds)
+    speedup, latency = latency_speedup(dense, small, check)  # on the run's device (CPU, or prune.py's GPU)
     fields = {
         "method": pruner.method,
         "base_model": module.hparams.model_name_or_path,
         "task": module.task.name,
         "flops_reduction_target": pruner.flops_reduction,
+        **structure_fields(small, dense, round(result.seq_len)),
         "flops_reduction_actual": result.flops_reduction,
         "flops_seq_len": result.seq_len,
-        "params_dense": parameter_counts(dense)["total"],
-        "params_compressed": parameter_counts(small)["total"],
         "metric_name": metric,
         "metric_dense": float(dense_metrics[metric]),
         "metric_compressed": float(pruned_metrics[metric]),
@@ -88,24 +82,13 @@ def _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, ou
         "prune_seconds": result.seconds["total"],
         "phase_seconds": result.seconds,
         "latency_speedup": speedup,
-        "latency": latency,  # measured on the run's device (CPU, or the GPU prune.py ran on)
-        "structure": {
-            "heads_per_layer": [len(h) for h in dense_structure.heads],
-            "neurons_per_layer": [len(n) for n in dense_structure.neurons],
-            "kept": dense_structure.to_dict(),
-        },
+        "latency": latency,
         "pruner_config": {"method": pruner.method, "num_tokens": pruner.num_tokens, **vars(pruner.config)},
         "sample_set": result.stats,
         "notes": result.notes,
     }
-    export_compact(
-        small.cpu(), out_dir, tokenizer=data.tokenizer, reference=dense.cpu(), overwrite=config.overwrite, **fields
-    )
-    png = plot_structure(
-        dense_structure,
-        out_dir / STRUCTURE_PNG,
-        title=f"{pruner.method} on {module.task.name}: {result.flops_reduction:.0%} of encoder FLOPs removed",
-    )
+    title = f"{pruner.method} on {module.task.name}: {result.flops_reduction:.0%} of encoder FLOPs removed"
+    report = export_structured(small, dense, out_dir, data.tokenizer, title, config.overwrite, **fields)
     for logger in cli.trainer.loggers:
         logger.log_metrics(
             {
@@ -117,9 +100,9 @@ def _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, ou
             step=0,
         )
         if hasattr(logger, "log_image"):
-            logger.log_image(key="prune/structure", images=[str(png)])
+            logger.log_image(key="prune/structure", images=[str(out_dir / STRUCTURE_PNG)])
         logger.save()
-    return json.loads((out_dir / "compression_report.json").read_text())
+    return report
 
 
 def summary(report: dict, out_dir: str) -> str:

@@ -15,6 +15,7 @@ import transformers
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from kp_lightning.data.epoch_sampler import EpochShuffleSampler
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.modules.model_loading import tokenizer_source
 
@@ -51,7 +52,8 @@ class EncoderDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
         cache_dir: Where tokenized datasets are cached; ``"auto"`` means ``$KP_LIGHTNING_CACHE`` or
             ``~/.cache/kp_lightning``, ``None`` disables caching (tokenize in memory on every process).
-        seed: Seed for anything random in data preparation (splits, evaluation masks).
+        seed: Seed for anything random in data preparation (splits, evaluation masks) and of the training
+            shuffle order (seed + epoch, so resumed runs see the same batches).
     """
 
     def __init__(
@@ -160,19 +162,20 @@ class EncoderDataModule(pl.LightningDataModule):
         return trainer is not None and trainer.world_size > 1
 
     def train_dataloader(self) -> DataLoader:
+        dataset = self._split("train")
         return DataLoader(
-            self._split("train"),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=EpochShuffleSampler(len(dataset), self.seed),
             collate_fn=self.train_collator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
-    def _eval_loader(self, split: str) -> DataLoader:
+    def _eval_loader(self, split: str, distributed: bool | None = None) -> DataLoader:
         dataset = self._split(split)
         sampler = None
-        if self._is_distributed():
+        if self._is_distributed() if distributed is None else distributed:
             # Every example exactly once across ranks, so metrics match a single-process run.
             trainer = self.trainer
             sampler = UnrepeatedDistributedSampler(
@@ -196,6 +199,10 @@ class EncoderDataModule(pl.LightningDataModule):
     def val_dataloader(self):
         loaders = [self._eval_loader(split) for split in self._eval_split_keys()]
         return loaders[0] if len(loaders) == 1 else loaders
+
+    def main_eval_dataloader(self) -> DataLoader:
+        """The whole first validation split in one process (e.g. to score a teacher on rank 0)."""
+        return self._eval_loader(self._eval_split_keys()[0], distributed=False)
 
     def test_dataloader(self):
         """The labelled evaluation splits (GLUE and SQuAD test labels are not public)."""

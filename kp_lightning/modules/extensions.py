@@ -50,6 +50,10 @@ class LossTerm(nn.Module):
         self.weight = weight
         self.needs_hidden_states = needs_hidden_states
 
+    def bind(self, module) -> None:
+        """Called by the module's ``setup`` (before optimizers and checkpoint restore) to build parameters
+        that depend on the student or teacher, e.g. a learned projection. Must be idempotent."""
+
     def forward(self, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
 
@@ -98,6 +102,7 @@ class ParamGroup:
         weight_decay: Weight decay of this group.
         scheduled: Follow the module's warmup/decay schedule (``False``: constant ``lr``).
         maximize: Gradient ascent for this group (e.g. Lagrange multipliers).
+        clip_gradients: Include this group in the trainer's gradient clipping.
     """
 
     name: str
@@ -106,6 +111,7 @@ class ParamGroup:
     weight_decay: float = 0.0
     scheduled: bool = True
     maximize: bool = False
+    clip_gradients: bool = True
     extra: dict = field(default_factory=dict)
 
 

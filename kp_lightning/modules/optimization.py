@@ -26,6 +26,7 @@ def build_param_groups(module: nn.Module, weight_decay: float, extra: list[Param
         groups.append(
             {
                 "name": group.name,
+                "clip_gradients": group.clip_gradients,
                 "params": list(group.params),
                 "lr": group.lr,
                 "weight_decay": group.weight_decay,
@@ -37,12 +38,15 @@ def build_param_groups(module: nn.Module, weight_decay: float, extra: list[Param
     return groups
 
 
-def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Linear warmup to each group's lr, then linear decay to 0; groups with ``scheduled=False`` stay constant."""
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, decay: bool = True):
+    """Linear warmup to each group's lr, then linear decay to 0 (or constant if not ``decay``); groups with
+    ``scheduled=False`` stay constant."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
+        if not decay:
+            return 1.0
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     lambdas = [factor if group.get("scheduled", True) else (lambda step: 1.0) for group in optimizer.param_groups]

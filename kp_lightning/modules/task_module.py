@@ -26,6 +26,7 @@ class TaskModule(pl.LightningModule):
         warmup_ratio: Fraction of the optimizer steps used for linear warmup (ignored if ``warmup_steps`` is set).
         warmup_steps: Number of warmup steps.
         adam_epsilon: AdamW epsilon.
+        lr_schedule: ``"linear"`` (warmup then linear decay to 0) or ``"constant"`` (warmup then constant).
         ignore_mismatched_head: Start from a new head when the checkpoint's head has another size.
         loss_terms: Extra loss terms (``LossTerm`` objects), e.g. configured in YAML.
     """
@@ -39,6 +40,7 @@ class TaskModule(pl.LightningModule):
         warmup_ratio: float = 0.1,
         warmup_steps: int | None = None,
         adam_epsilon: float = 1e-8,
+        lr_schedule: str = "linear",
         ignore_mismatched_head: bool = False,
         loss_terms: dict[str, LossTerm] | None = None,
     ):
@@ -50,6 +52,8 @@ class TaskModule(pl.LightningModule):
         task = TaskSpec(**task_spec) if isinstance(task_spec, dict) else task_spec
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+        if lr_schedule not in ("linear", "constant"):
+            raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {lr_schedule!r}.")
         if not 0 <= warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
         self.save_hyperparameters(ignore=["loss_terms"])
@@ -71,15 +75,37 @@ class TaskModule(pl.LightningModule):
         self.extensions.add_loss_term(name, term)
 
     def add_param_group(
-        self, name: str, params, lr: float, weight_decay: float = 0.0, scheduled: bool = True, maximize: bool = False
+        self,
+        name: str,
+        params,
+        lr: float,
+        weight_decay: float = 0.0,
+        scheduled: bool = True,
+        maximize: bool = False,
+        clip: bool = True,
     ) -> None:
-        """Give ``params`` their own optimizer group (own lr, optionally unscheduled or maximized)."""
-        self.extensions.add_param_group(ParamGroup(name, list(params), lr, weight_decay, scheduled, maximize))
+        """Give ``params`` their own optimizer group (own lr, optionally unscheduled, maximized or unclipped)."""
+        self.extensions.add_param_group(ParamGroup(name, list(params), lr, weight_decay, scheduled, maximize, clip))
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip as configured, leaving out groups registered with ``clip=False`` (e.g. CoFi gates and λ's)."""
+        if gradient_clip_val is None or all(g.get("clip_gradients", True) for g in optimizer.param_groups):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for g in optimizer.param_groups if g.get("clip_gradients", True) for p in g["params"]]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     @property
     def adapter(self) -> EncoderAdapter:
         """Structural view of the encoder for pruning callbacks."""
         return EncoderAdapter(self.model)
+
+    def setup(self, stage: str) -> None:
+        for term in self.extensions.loss_terms.values():
+            term.bind(self)
 
     def on_fit_start(self) -> None:
         self.model.train()  # from_pretrained and earlier evaluation leave the model in eval mode
@@ -148,5 +174,5 @@ class TaskModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, eps=hp.adam_epsilon)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = hp.warmup_steps if hp.warmup_steps is not None else int(hp.warmup_ratio * total)
-        scheduler = linear_warmup_decay(optimizer, warmup, total)
+        scheduler = linear_warmup_decay(optimizer, warmup, total, decay=hp.lr_schedule == "linear")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
