@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from kp_lightning.cofi import GRANULARITIES, CoFiGates, CoFiPruner, SparsitySchedule
-from callbacks.cofi_export import export_result
+from callbacks.cofi_export import export_result, score_teacher
 from kp_lightning.cofi.cofi_run import best_state, check_student, kept_structure_metrics
 from kp_lightning.core.adapter import EncoderAdapter, UnsupportedModelError
 from kp_lightning.core.compaction import compact
@@ -123,6 +123,7 @@ class CoFi(pl.Callback):
         if stage != "fit" or self.pruner is not None:
             return
         self._check_inputs(trainer, pl_module)
+        _let_ddp_skip_dropped_sublayers(trainer)
         model = pl_module.model
         schedule = SparsitySchedule(self.target_sparsity, 0, 0)  # step counts are resolved in on_fit_start
         gates = CoFiGates(EncoderAdapter(model).shape(), self.granularities, seed=self.seed)
@@ -242,10 +243,11 @@ class CoFi(pl.Callback):
                 f"CoFi never reached {self.target_sparsity:.0%} sparsity (within {self.sparsity_epsilon}) at a "
                 "validation: exporting the final model. Train longer, shorten the warmup or validate more often."
             )
+        dense_metrics = score_teacher(trainer, pl_module)  # collective under DDP
         if trainer.is_global_zero:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                self.report = export_result(self, trainer, pl_module, self._output_dir(trainer))
+                self.report = export_result(self, trainer, pl_module, self._output_dir(trainer), dense_metrics)
             rank_zero_info(f"CoFi: wrote the compact model to {self._output_dir(trainer)}")
         trainer.strategy.barrier("CoFi export")
 
@@ -270,6 +272,16 @@ class CoFi(pl.Callback):
             small.load_state_dict(restored.pop("state"))
             self.best = {**restored, "model": small}
         self._restored_best = None
+
+
+def _let_ddp_skip_dropped_sublayers(trainer: pl.Trainer) -> None:
+    """A sampled gate of 0 removes a sublayer for that step, so its weights get no gradient: DDP must look for
+    unused parameters. Set before ``strategy.setup`` wraps the model."""
+    strategy = trainer.strategy
+    if not isinstance(strategy, DDPStrategy) or strategy._ddp_kwargs.get("find_unused_parameters"):
+        return
+    strategy._ddp_kwargs["find_unused_parameters"] = True
+    rank_zero_info("CoFi: DDP now looks for unused parameters (sublayers whose sampled gate is 0 skip the step)")
 
 
 def _reset_optimizer_state(trainer: pl.Trainer, pruner: CoFiPruner) -> None:

@@ -13,7 +13,19 @@ from kp_lightning.data.evaluation import evaluate_model
 from kp_lightning.modules.model_loading import accepted_inputs
 
 
-def export_result(cofi, trainer: pl.Trainer, pl_module: pl.LightningModule, out_dir: Path) -> dict:
+def score_teacher(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+    """The teacher's validation metrics (every rank scores its shard; the metrics sync across ranks)."""
+    loaders = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+    if loaders is None:
+        return {}
+    loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+    teacher, prefix = pl_module.teacher, pl_module.task.main_metric.rsplit("/", 1)[0] + "/"
+    return evaluate_model(teacher, loader, pl_module.task, accepted_inputs(teacher), prefix)
+
+
+def export_result(
+    cofi, trainer: pl.Trainer, pl_module: pl.LightningModule, out_dir: Path, dense_metrics: dict[str, float]
+) -> dict:
     """Export the best kept model (or the final one) with ``compression_report.json``; returns the report."""
     dense = pl_module.model.eval()
     metric = pl_module.task.main_metric
@@ -27,11 +39,6 @@ def export_result(cofi, trainer: pl.Trainer, pl_module: pl.LightningModule, out_
         selected = "final model (target never reached at a validation)"
         expected = float(cofi.pruner.gates.expected_sparsity())
     small = small.to(dense.device)
-    dense_metrics = {}
-    if hasattr(trainer.datamodule, "main_eval_dataloader"):
-        teacher = pl_module.teacher
-        loader = trainer.datamodule.main_eval_dataloader()
-        dense_metrics = evaluate_model(teacher, loader, pl_module.task, accepted_inputs(teacher), metric.rsplit("/", 1)[0] + "/")
     speedup, latency = latency_speedup(dense, small, cofi.latency)
     sparsity = structure_sparsity(original_structure(small))
     fields = {

@@ -172,10 +172,10 @@ class EncoderDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _eval_loader(self, split: str, distributed: bool | None = None) -> DataLoader:
+    def _eval_loader(self, split: str) -> DataLoader:
         dataset = self._split(split)
         sampler = None
-        if self._is_distributed() if distributed is None else distributed:
+        if self._is_distributed():
             # Every example exactly once across ranks, so metrics match a single-process run.
             trainer = self.trainer
             sampler = UnrepeatedDistributedSampler(
@@ -199,10 +199,6 @@ class EncoderDataModule(pl.LightningDataModule):
     def val_dataloader(self):
         loaders = [self._eval_loader(split) for split in self._eval_split_keys()]
         return loaders[0] if len(loaders) == 1 else loaders
-
-    def main_eval_dataloader(self) -> DataLoader:
-        """The whole first validation split in one process (e.g. to score a teacher on rank 0)."""
-        return self._eval_loader(self._eval_split_keys()[0], distributed=False)
 
     def test_dataloader(self):
         """The labelled evaluation splits (GLUE and SQuAD test labels are not public)."""
