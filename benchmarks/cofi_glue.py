@@ -61,19 +61,13 @@ def run(script: str, args: list[str]) -> float:
     return time.perf_counter() - tick
 
 
-def cofi_phase(targets: list[float], steps: int, warmup: int) -> None:
+def cofi_phase(targets: list[float], steps: int, warmup: int, reuse: bool) -> None:
     for target in targets:
         out = WORK / f"cofi_s{round(target * 100)}"
-        run("train.py", ["fit", "-c", "configs/cofi/glue_cpu.yaml", "-c", "configs/data/glue/sst2.yaml",
-                         "--data.init_args.data_dir", str(SHARED / "glue"),
-                         "--model.init_args.model_name_or_path", str(TEACHER),
-                         "--model.init_args.teacher_name_or_path", str(TEACHER),
-                         "--trainer.max_steps", str(steps), "--trainer.callbacks.warmup_steps", str(warmup),
-                         "--trainer.callbacks.target_sparsity", str(target),
-                         "--trainer.callbacks.output_dir", str(out), "--trainer.callbacks.overwrite", "true",
-                         "--trainer.callbacks.latency_seconds", "0", "--trainer.enable_progress_bar", "false",
-                         "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(WORK / "logs"),
-                         "--trainer.default_root_dir", str(WORK / "root")])  # fmt: skip
+        if reuse and (out / "compression_report.json").is_file():
+            print(f"reusing {out}")
+        else:
+            train_cofi(target, out, steps, warmup)
         report = json.loads((out / "compression_report.json").read_text())
         row = {
             "task": "sst2", "method": "cofi", "sparsity_target": target,
@@ -83,9 +77,23 @@ def cofi_phase(targets: list[float], steps: int, warmup: int) -> None:
             "step_seconds": report["step_seconds"], "flops_reduction": report["flops_reduction_actual"],
             "params_compressed": report["params_compressed"], "selected": report["selected"],
             "structure": {k: report["structure"][k] for k in ("hidden_size", "heads_per_layer", "neurons_per_layer")},
-            "export": str(out.relative_to(REPO)), "schedule": {"steps": steps, "warmup": warmup, "batch": 32},
+            "export": str(out.relative_to(REPO)),
+            "schedule": {"steps": report["global_steps"], "warmup": report["pruner_config"]["warmup_steps"], "batch": 32},
         }  # fmt: skip
         save_rows(upsert(load_rows(), row))
+
+
+def train_cofi(target: float, out: Path, steps: int, warmup: int) -> None:
+    run("train.py", ["fit", "-c", "configs/cofi/glue_cpu.yaml", "-c", "configs/data/glue/sst2.yaml",
+                         "--data.init_args.data_dir", str(SHARED / "glue"),
+                         "--model.init_args.model_name_or_path", str(TEACHER),
+                         "--model.init_args.teacher_name_or_path", str(TEACHER),
+                         "--trainer.max_steps", str(steps), "--trainer.callbacks.warmup_steps", str(warmup),
+                         "--trainer.callbacks.target_sparsity", str(target),
+                         "--trainer.callbacks.output_dir", str(out), "--trainer.callbacks.overwrite", "true",
+                         "--trainer.callbacks.latency_seconds", "0", "--trainer.enable_progress_bar", "false",
+                         "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(WORK / "logs"),
+                         "--trainer.default_root_dir", str(WORK / "root")])  # fmt: skip
 
 
 def kprune_phase(num_tokens: int) -> None:
@@ -210,16 +218,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--warmup", type=int, default=600)
     parser.add_argument("--num-tokens", type=int, default=20000)
+    parser.add_argument("--reuse", action="store_true", help="Read finished CoFi exports instead of training again.")
     parser.add_argument("--phases", nargs="+", default=["cofi", "kprune", "timing", "latency", "render"])
     args = parser.parse_args()
     if not TEACHER.is_dir():
         raise SystemExit(f"no teacher at {TEACHER}: run benchmarks/finetune_teachers.py --tasks sst2 first")
     meta = json.loads((RESULTS / "cofi_glue.json").read_text()).get("meta", {}) if (RESULTS / "cofi_glue.json").exists() else {}
     if "cofi" in args.phases:
-        meta["schedule"] = (f"{args.steps} steps of batch 32 (target ramps over {args.warmup}), student = teacher copy, "
-                            "reg lr 0.05, configs/cofi/glue_cpu.yaml")  # fmt: skip
+        meta["schedule"] = "batch 32, student = teacher copy, reg lr 0.05, configs/cofi/glue_cpu.yaml; steps per row"
         save_rows(load_rows(), meta)
-        cofi_phase(args.targets, args.steps, args.warmup)
+        cofi_phase(args.targets, args.steps, args.warmup, args.reuse)
     if "kprune" in args.phases:
         kprune_phase(args.num_tokens)
     if "timing" in args.phases:
