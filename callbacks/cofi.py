@@ -117,6 +117,7 @@ class CoFi(pl.Callback):
         self.step_seconds: list[float] = []
         self._fit_tick: float | None = None
         self._step_tick: float | None = None
+        self._restored_best: dict | None = None
 
     # ---- setup -----------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -265,7 +266,7 @@ class CoFi(pl.Callback):
         self._restored_best = state_dict.get("best")
 
     def on_train_start(self, trainer, pl_module) -> None:
-        restored = getattr(self, "_restored_best", None)
+        restored = self._restored_best
         if restored is not None and self.best is None:
             structure = EncoderStructure.from_dict(restored["structure"])
             small = compact(pl_module.model, structure).cpu()

@@ -30,7 +30,7 @@ def check_student(module) -> None:
         )
     teacher_arch = (getattr(module.teacher.config, "architectures", None) or [""])[0]
     student_class = type(module.model).__name__
-    for suffix in ("ForSequenceClassification", "ForQuestionAnswering"):
+    for suffix in ("ForSequenceClassification", "ForQuestionAnswering") if teacher_arch else ():
         if teacher_arch.endswith(suffix) != student_class.endswith(suffix):
             raise ValueError(
                 f"the teacher was saved as {teacher_arch} but the student is a {student_class}: "
