@@ -128,7 +128,7 @@ def test_a_teacher_for_another_task_is_refused(setup, tmp_path):
     root = setup[0]
     qa_teacher = save_tiny_model(tmp_path / "qa", "ForQuestionAnswering")
     three = save_tiny_model(tmp_path / "three", "ForSequenceClassification", num_labels=3)
-    for teacher, message in ((qa_teacher, "fine-tuned on this task|same task"), (three, "predicts 3 labels")):
+    for teacher, message in ((qa_teacher, "fine-tuned on this task|same task"), (three, "3 outputs but task .sst2. needs 2")):
         args = cofi_args(setup, tmp_path)
         args[args.index("--model.init_args.teacher_name_or_path") + 1] = str(teacher)
         with pytest.raises(ValueError, match=message):
