@@ -78,7 +78,8 @@ def cofi_phase(targets: list[float], steps: int, warmup: int, reuse: bool) -> No
             "params_compressed": report["params_compressed"], "selected": report["selected"],
             "structure": {k: report["structure"][k] for k in ("hidden_size", "heads_per_layer", "neurons_per_layer")},
             "export": str(out.relative_to(REPO)),
-            "schedule": {"steps": report["global_steps"], "warmup": report["pruner_config"]["warmup_steps"], "batch": 32},
+            "schedule": {"steps": report["global_steps"], "warmup": report["pruner_config"]["warmup_steps"],
+                         "batch": 32},
         }  # fmt: skip
         save_rows(upsert(load_rows(), row))
 
@@ -115,7 +116,8 @@ def kprune_phase(num_tokens: int) -> None:
             "task": "sst2", "method": "kprune", "sparsity_target": None, "matches": cofi["sparsity_target"],
             "sparsity_actual": structure_sparsity(structure), "metric_name": report["metric_name"],
             "metric_dense": report["metric_dense"], "metric_pruned": report["metric_compressed"],
-            "train_seconds": report["prune_seconds"], "step_seconds": None, "flops_reduction": report["flops_reduction_actual"],
+            "train_seconds": report["prune_seconds"], "step_seconds": None,
+            "flops_reduction": report["flops_reduction_actual"],
             "params_compressed": report["params_compressed"], "export": str(out.relative_to(REPO)),
         }  # fmt: skip
         save_rows(upsert(load_rows(), row))
@@ -167,8 +169,8 @@ def timing_phase(repeats: int = 15) -> dict:
 def latency_phase(rows: list[dict]) -> None:
     from kp_lightning.core.export import load_compressed
     from kp_lightning.core.latency import measure_latency
-    from kp_lightning.modules.model_loading import load_task_model
     from kp_lightning.data.task_spec import TaskSpec
+    from kp_lightning.modules.model_loading import load_task_model
 
     spec = TaskSpec(name="sst2", kind="classification", num_labels=2, metrics=["accuracy"])
     dense = load_task_model(str(TEACHER), spec).eval()
@@ -207,7 +209,8 @@ def render(rows: list[dict], meta: dict) -> None:
     if timing:
         ratio = timing["cofi_step_seconds"] / timing["baseline_seconds"]
         lines += ["", f"Step cost, alternating on the same {timing['repeats']} SST-2 batches (median): CoFi step "
-                  f"{timing['cofi_step_seconds']:.3f} s vs student fwd+bwd + teacher fwd {timing['baseline_seconds']:.3f} s "
+                  f"{timing['cofi_step_seconds']:.3f} s vs student fwd+bwd + teacher fwd "
+                  f"{timing['baseline_seconds']:.3f} s "
                   f"= {ratio:.2f}×."]  # fmt: skip
     (RESULTS / "cofi_glue.md").write_text("\n".join(lines) + "\n")
 
@@ -223,7 +226,11 @@ def main() -> None:
     args = parser.parse_args()
     if not TEACHER.is_dir():
         raise SystemExit(f"no teacher at {TEACHER}: run benchmarks/finetune_teachers.py --tasks sst2 first")
-    meta = json.loads((RESULTS / "cofi_glue.json").read_text()).get("meta", {}) if (RESULTS / "cofi_glue.json").exists() else {}
+    meta = (
+        json.loads((RESULTS / "cofi_glue.json").read_text()).get("meta", {})
+        if (RESULTS / "cofi_glue.json").exists()
+        else {}
+    )
     if "cofi" in args.phases:
         meta["schedule"] = "batch 32, student = teacher copy, reg lr 0.05, configs/cofi/glue_cpu.yaml; steps per row"
         save_rows(load_rows(), meta)

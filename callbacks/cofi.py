@@ -12,8 +12,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from kp_lightning.cofi import GRANULARITIES, CoFiGates, CoFiPruner, SparsitySchedule
 from callbacks.cofi_export import export_result, score_teacher
+from kp_lightning.cofi import GRANULARITIES, CoFiGates, CoFiPruner, SparsitySchedule
 from kp_lightning.cofi.cofi_run import best_state, check_student, kept_structure_metrics
 from kp_lightning.core.adapter import EncoderAdapter, UnsupportedModelError
 from kp_lightning.core.compaction import compact
@@ -79,7 +79,8 @@ class CoFi(pl.Callback):
     ):
         if not 0 < target_sparsity < 1:
             raise ValueError(
-                f"target_sparsity must be in (0, 1) (the fraction of encoder parameters to remove), got {target_sparsity}"
+                "target_sparsity must be in (0, 1) (the fraction of encoder parameters to remove), "
+                f"got {target_sparsity}"
             )
         for name, value in (("prepruning_epochs", prepruning_epochs), ("warmup_epochs", warmup_epochs)):
             if value < 0:
@@ -132,7 +133,9 @@ class CoFi(pl.Callback):
         self.sparsity_loss = CoFiSparsityLoss(self.pruner)
         pl_module.add_loss_term("cofi_sparsity", self.sparsity_loss)
         if self.layer_distill_weight > 0:
-            self.layer_loss = DynamicLayerDistillation(self.teacher_layers, self.layer_mapping, self.layer_distill_weight)
+            self.layer_loss = DynamicLayerDistillation(
+                self.teacher_layers, self.layer_mapping, self.layer_distill_weight
+            )
             self.layer_loss.existing_layers = self.pruner.existing_layers
             self.layer_loss.bind(pl_module)
             pl_module.add_loss_term("cofi_layer_distillation", self.layer_loss)
@@ -176,7 +179,9 @@ class CoFi(pl.Callback):
         if math.isinf(trainer.num_training_batches):
             trainer.fit_loop.setup_data()  # max_steps runs do not load the training data to estimate the steps
         per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
-        start = self.prepruning_steps if self.prepruning_steps is not None else round(self.prepruning_epochs * per_epoch)
+        start = (
+            self.prepruning_steps if self.prepruning_steps is not None else round(self.prepruning_epochs * per_epoch)
+        )
         warmup = self.warmup_steps if self.warmup_steps is not None else round(self.warmup_epochs * per_epoch)
         if start + warmup > total:
             raise ValueError(
@@ -291,5 +296,3 @@ def _reset_optimizer_state(trainer: pl.Trainer, pruner: CoFiPruner) -> None:
         for param in list(optimizer.state):
             if id(param) in owned:
                 optimizer.state[param] = {}
-
-

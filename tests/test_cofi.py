@@ -47,7 +47,7 @@ def test_hard_concrete_probabilities_match_the_reference_values():
     # Monte Carlo: the fraction of non-zero samples is P(z > 0).
     log_alpha = torch.full((200_000,), -0.7)
     z = sample_gates(log_alpha, uniform_noise(log_alpha.shape, torch.Generator().manual_seed(0)))
-    assert 0 <= float(z.min()) and float(z.max()) <= 1
+    assert float(z.min()) >= 0 and float(z.max()) <= 1
     assert abs(float((z > 0).float().mean()) - float(prob_nonzero(torch.tensor(-0.7)))) < 5e-3
 
 
@@ -217,4 +217,6 @@ def test_gates_refuse_unknown_granularities_and_skip_unlearned_ones():
     masks = gates.sample(gates.draw_noise(torch.Generator().manual_seed(0)))
     assert bool((masks.hidden == 1).all()) and bool((masks.attention == 1).all())
     assert len(gates.learned_parameters()) == 24
-    assert math.isclose(float(gates.expected_size()) / full_size(BERT_BASE), 1 - float(gates.expected_sparsity()), rel_tol=1e-6)
+    assert math.isclose(
+        float(gates.expected_size()) / full_size(BERT_BASE), 1 - float(gates.expected_sparsity()), rel_tol=1e-6
+    )

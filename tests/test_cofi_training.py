@@ -76,10 +76,27 @@ def test_cofi_reaches_the_target_logs_it_and_exports_an_exact_compact_model(setu
     small = load_compressed(tmp_path / "export")
     assert sum(small.config.kp_structure["heads"]) <= 12
     metrics = train_main(
-        ["validate", "--model", "TaskModule", "--model.init_args.model_name_or_path", str(tmp_path / "export"),
-         "--data", "GlueDataModule", "--data.init_args.task", "sst2", "--data.init_args.data_dir", str(glue),
-         "--data.init_args.cache_dir", "null", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
-         "--trainer.enable_progress_bar", "false"]  # fmt: skip
+        [
+            "validate",
+            "--model",
+            "TaskModule",
+            "--model.init_args.model_name_or_path",
+            str(tmp_path / "export"),
+            "--data",
+            "GlueDataModule",
+            "--data.init_args.task",
+            "sst2",
+            "--data.init_args.data_dir",
+            str(glue),
+            "--data.init_args.cache_dir",
+            "null",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]  # fmt: skip
     ).trainer.callback_metrics
     assert float(metrics["val/accuracy"]) == pytest.approx(report["metric_compressed"], abs=1e-6)
 
@@ -88,12 +105,35 @@ def test_the_stage_two_recipe_distils_into_the_compact_export(setup, cofi_run, t
     root, _, teacher, glue = setup
     export = cofi_run / "export"
     cli = train_main(
-        ["fit", "-c", str(REPO / "configs/cofi/finetune_compact.yaml"), "-c", str(REPO / "configs/data/glue/sst2.yaml"),
-         "--model.init_args.model_name_or_path", str(export), "--model.init_args.teacher_name_or_path", str(teacher),
-         "--data.init_args.data_dir", str(glue), "--data.init_args.cache_dir", "null",
-         "--data.init_args.batch_size", "8", "--trainer.accelerator", "cpu", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
-         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-         "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+        [
+            "fit",
+            "-c",
+            str(REPO / "configs/cofi/finetune_compact.yaml"),
+            "-c",
+            str(REPO / "configs/data/glue/sst2.yaml"),
+            "--model.init_args.model_name_or_path",
+            str(export),
+            "--model.init_args.teacher_name_or_path",
+            str(teacher),
+            "--data.init_args.data_dir",
+            str(glue),
+            "--data.init_args.cache_dir",
+            "null",
+            "--data.init_args.batch_size",
+            "8",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.max_steps",
+            "3",
+            "--trainer.val_check_interval",
+            "3",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]  # fmt: skip
     )
     module = cli.model
     layer = module.extensions.loss_terms["layer_distillation"]
@@ -125,10 +165,12 @@ def test_bad_input_fails_before_training_and_writes_nothing(setup, tmp_path, ext
 
 
 def test_a_teacher_for_another_task_is_refused(setup, tmp_path):
-    root = setup[0]
     qa_teacher = save_tiny_model(tmp_path / "qa", "ForQuestionAnswering")
     three = save_tiny_model(tmp_path / "three", "ForSequenceClassification", num_labels=3)
-    for teacher, message in ((qa_teacher, "fine-tuned on this task|same task"), (three, "3 outputs but task .sst2. needs 2")):
+    for teacher, message in (
+        (qa_teacher, "fine-tuned on this task|same task"),
+        (three, "3 outputs but task .sst2. needs 2"),
+    ):
         args = cofi_args(setup, tmp_path)
         args[args.index("--model.init_args.teacher_name_or_path") + 1] = str(teacher)
         with pytest.raises(ValueError, match=message):
@@ -141,8 +183,10 @@ def test_an_architecture_without_gate_support_is_refused(setup, tmp_path):
 
     from tests.text_fixtures import tiny_tokenizer
 
-    config = transformers.ElectraConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                        intermediate_size=37, embedding_size=32, max_position_embeddings=130)  # fmt: skip
+    config = transformers.ElectraConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        embedding_size=32, max_position_embeddings=130,
+    )  # fmt: skip
     for name in ("student", "teacher"):
         transformers.ElectraForSequenceClassification(config).save_pretrained(tmp_path / name)
         tiny_tokenizer().save_pretrained(tmp_path / name)

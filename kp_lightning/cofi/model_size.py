@@ -18,9 +18,7 @@ from kp_lightning.core.adapter import EncoderShape
 from kp_lightning.core.structure import EncoderStructure
 
 
-def encoder_size(
-    heads: Sequence, neurons: Sequence, attention: Sequence, ffn: Sequence, hidden, head_size: int
-):
+def encoder_size(heads: Sequence, neurons: Sequence, attention: Sequence, ffn: Sequence, hidden, head_size: int):
     """Parameters of the encoder layers given per-layer kept amounts (counts or probabilities).
 
     Args:
@@ -60,4 +58,3 @@ def structure_size(structure: EncoderStructure) -> int:
 def structure_sparsity(structure: EncoderStructure) -> float:
     """Fraction of encoder-layer parameters removed by ``structure``."""
     return 1.0 - structure_size(structure) / full_size(structure.shape)
-
