@@ -17,7 +17,7 @@ from kp_lightning.cofi import GRANULARITIES, CoFiGates, CoFiPruner, SparsitySche
 from kp_lightning.cofi.cofi_run import best_state, check_student, kept_structure_metrics
 from kp_lightning.core.adapter import EncoderAdapter, UnsupportedModelError
 from kp_lightning.core.compaction import compact
-from kp_lightning.core.export import ExportError
+from kp_lightning.core.export import check_output_dir
 from kp_lightning.core.structure import EncoderStructure
 from kp_lightning.core.structured_export import LatencyCheck
 from kp_lightning.modules.cofi_losses import CoFiSparsityLoss, DynamicLayerDistillation
@@ -136,8 +136,7 @@ class CoFi(pl.Callback):
             self.layer_loss = DynamicLayerDistillation(
                 self.teacher_layers, self.layer_mapping, self.layer_distill_weight
             )
-            self.layer_loss.existing_layers = self.pruner.existing_layers
-            self.layer_loss.bind(pl_module)
+            self.layer_loss.existing_layers = self.pruner.existing_layers  # built by the module's setup (bind)
             pl_module.add_loss_term("cofi_layer_distillation", self.layer_loss)
         lr = self.reg_learning_rate
         pl_module.add_param_group("cofi_gates", gates.learned_parameters(), lr=lr, scheduled=False, clip=False)
@@ -167,9 +166,8 @@ class CoFi(pl.Callback):
                 "from, or fine-tune this one without CoFi (configs/cofi/finetune_compact.yaml)."
             )
         check_student(pl_module)
-        out = self._output_dir(trainer)
-        if trainer.is_global_zero and out.exists() and any(out.iterdir()) and not self.overwrite:
-            raise ExportError(f"CoFi output_dir {out} exists and is not empty: choose another or set overwrite: true")
+        if trainer.is_global_zero:
+            check_output_dir(self._output_dir(trainer), self.overwrite, hint="set the CoFi option overwrite: true")
 
     def _output_dir(self, trainer: pl.Trainer) -> Path:
         return Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "cofi_export")

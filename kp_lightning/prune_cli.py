@@ -10,7 +10,7 @@ from pathlib import Path
 
 from callbacks.kprune import KPrune
 from kp_lightning.cli import KPLightningCLI, build_cli
-from kp_lightning.core.export import ExportError
+from kp_lightning.core.export import check_output_dir
 from kp_lightning.core.structured_export import (
     STRUCTURE_PNG,
     LatencyCheck,
@@ -35,17 +35,11 @@ class PruneCLI(KPLightningCLI):
         )
 
 
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse a non-empty output directory before any work is done."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise ExportError(f"output_dir {path} exists and is not empty: choose another one or pass --overwrite true")
-
-
 def run_pruning(cli: PruneCLI) -> dict:
     """Dense validation, pruning, pruned validation, export; returns the compression report (rank 0)."""
     config = cli.config
     out_dir = Path(config.output_dir)
-    check_output_dir(out_dir, config.overwrite)
+    check_output_dir(out_dir, config.overwrite, hint="pass --overwrite true")
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     pruner: KPrune = cli.config_init.pruner
     metric = module.task.main_metric

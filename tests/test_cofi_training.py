@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from kp_lightning.cli import main as train_main
-from kp_lightning.core.export import load_compressed
+from kp_lightning.core.export import ExportError, load_compressed
 from tests.test_cli import REPO
 from tests.test_prune_cli import ENV, REPORT_KEYS
 from tests.text_fixtures import save_tiny_model, write_sst2
@@ -161,6 +161,15 @@ def test_bad_input_fails_before_training_and_writes_nothing(setup, tmp_path, ext
     with pytest.raises((ValueError, SystemExit), match=message):
         train_main(args)
     assert not (tmp_path / "export").exists()
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_non_empty_output_dir_is_refused_before_training(setup, tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "keep.txt").write_text("user data")
+    with pytest.raises(ExportError, match="exists and is not empty: choose another one or set the CoFi option"):
+        train_main(cofi_args(setup, tmp_path))
+    assert [p.name for p in (tmp_path / "export").iterdir()] == ["keep.txt"]
     assert not list(tmp_path.rglob("*.ckpt"))
 
 

@@ -92,11 +92,11 @@ class CoFiPruner(nn.Module):
         Before pruning starts the term is ``0·(gates + λ)``: zero gradients, but every parameter takes part,
         which DDP needs.
         """
-        expected = self.gates.expected_sparsity()
-        target = self.schedule.at(self.step)
         if not self.pruning:
             params = [*self.gates.learned_parameters(), *self.multipliers.parameters()]
             return sum(p.sum() for p in params) * 0.0, {"target_sparsity": 0.0}
+        expected = self.gates.expected_sparsity()
+        target = self.schedule.at(self.step)
         loss = self.multipliers.penalty(expected, target)
         stats = {
             "target_sparsity": target,

@@ -31,6 +31,18 @@ class ExportError(ValueError):
     """Raised when a model cannot be exported the way that was asked."""
 
 
+def check_output_dir(path: Path, overwrite: bool, hint: str = "pass overwrite=True") -> None:
+    """Refuse a non-empty output directory (or a file in its place) before any work is done.
+
+    Args:
+        path: The output directory.
+        overwrite: Whether replacing it was asked for.
+        hint: How the caller's user asks for overwriting (``--overwrite true``, ``overwrite: true``...).
+    """
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise ExportError(f"output_dir {path} exists and is not empty: choose another one or {hint}")
+
+
 @contextmanager
 def _staging_dir(out_dir: Path, overwrite: bool):
     """Write into a temporary sibling directory and move it into place only when everything succeeded."""
