@@ -44,7 +44,7 @@ def check_output_dir(path: Path, overwrite: bool, hint: str = "pass overwrite=Tr
 
 
 @contextmanager
-def _staging_dir(out_dir: Path, overwrite: bool):
+def staging_dir(out_dir: Path, overwrite: bool):
     """Write into a temporary sibling directory and move it into place only when everything succeeded."""
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(f"{out_dir} exists and is not empty; pass overwrite=True or choose another directory")
@@ -102,7 +102,7 @@ def export_compact(
         reference = reference if reference is not None else model
     small = compact(model, masks if masks is not None else StructuralMasks.ones(EncoderAdapter(model).shape()))
     small.config.auto_map = auto_map(EncoderAdapter(small).layout.model_type)
-    with _staging_dir(out_dir, overwrite) as staging:
+    with staging_dir(out_dir, overwrite) as staging:
         _write_common(staging, small, "compact", tokenizer, reference, report_extra)
         for path in REMOTE_CODE_FILES:
             shutil.copy(path, staging / Path(path).name)
@@ -161,7 +161,7 @@ def export_dense(
     if EncoderAdapter(model).is_compact:
         raise ExportError("a compact model has no stock architecture; use export_compact")
     dense = fold_masks_dense(model, masks) if masks is not None else model
-    with _staging_dir(out_dir, overwrite) as staging:
+    with staging_dir(out_dir, overwrite) as staging:
         _write_common(staging, dense, "dense", tokenizer, reference, report_extra)
     return out_dir
 

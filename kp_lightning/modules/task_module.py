@@ -174,5 +174,6 @@ class TaskModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, eps=hp.adam_epsilon)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = hp.warmup_steps if hp.warmup_steps is not None else int(hp.warmup_ratio * total)
+        self.lr_schedule_steps = (warmup, total)  # read by callbacks that reshape the schedule (LR rewinding)
         scheduler = linear_warmup_decay(optimizer, warmup, total, decay=hp.lr_schedule == "linear")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

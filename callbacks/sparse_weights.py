@@ -1,0 +1,157 @@
+"""Shared machinery of the callbacks that train with sparse Linear weights (GMP and pattern lock)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
+
+from kp_lightning.core.export import check_output_dir
+from kp_lightning.modules.task_module import TaskModule
+from kp_lightning.sparsity import MaskedWeights, SparsityPattern, select_linear_names
+from kp_lightning.sparsity.sparse_export import write_sparse_model
+
+
+class SparseWeightsCallback(pl.Callback):
+    """Keeps pruned Linear weights at exactly zero through training and writes the sparse model at the end.
+
+    Subclasses decide how the masks are made (``_prepare``/``on_train_batch_start``). Zeros stay hard: the
+    gradients of pruned weights are zeroed before every optimizer step and the weights re-zeroed after it.
+
+    Args:
+        include: Regexes of the Linear layers to sparsify (default: the encoder layers' Q, K, V, attention
+            output and FFN Linear layers; embeddings, LayerNorms, pooler and heads are left dense).
+        exclude: Regexes of Linear layers to leave dense.
+        pattern: ``unstructured``, ``block:RxC`` (blocks along the input dimension, e.g. ``block:1x4``) or ``N:M``.
+        allocation: ``uniform`` (same sparsity per weight) or ``global`` (one threshold; unstructured only).
+        output_dir: Where the final sparse model goes (default ``<log dir>/sparse_model``).
+        overwrite: Replace a non-empty ``output_dir``.
+        storage_values: Value type of the compressed copy in ``<output_dir>/sparse``: ``float32`` (exact),
+            ``float16``, or ``null`` to skip it.
+    """
+
+    log_prefix = "sparsity"
+
+    def __init__(
+        self,
+        include: list[str] | None = None,
+        exclude: list[str] = [],
+        pattern: str = "unstructured",
+        allocation: str = "uniform",
+        output_dir: str | None = None,
+        overwrite: bool = False,
+        storage_values: str | None = "float32",
+    ):
+        self.pattern = SparsityPattern.parse(pattern)
+        if allocation not in ("uniform", "global"):
+            raise ValueError(f"allocation must be 'uniform' or 'global', got {allocation!r}")
+        if allocation == "global" and self.pattern.kind != "unstructured":
+            raise ValueError("allocation 'global' works with the unstructured pattern only; use 'uniform'")
+        if storage_values not in (None, "float32", "float16"):
+            raise ValueError(f"storage_values must be float32, float16 or null, got {storage_values!r}")
+        self.include = include
+        self.exclude = list(exclude)
+        self.allocation = allocation
+        self.output_dir = output_dir
+        self.overwrite = overwrite
+        self.storage_values = storage_values
+        self.masked: MaskedWeights | None = None
+        self.train_seconds = 0.0
+        self._restored: dict | None = None
+        self._tick: float | None = None
+
+    # ---- setup -----------------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.masked is not None:
+            return
+        name = type(self).__name__
+        if not isinstance(pl_module, TaskModule):
+            raise ValueError(f"{name} works with kp_lightning's TaskModule/DistillationModule, got {type(pl_module)}")
+        if isinstance(trainer.strategy, FSDPStrategy):
+            raise ValueError(f"{name} runs on one device or under DDP, not FSDP (its masks act on unsharded weights).")
+        model = pl_module.model
+        names = select_linear_names(model, self.include, self.exclude)
+        self.masked = MaskedWeights(model, names, self.pattern, self.allocation)
+        if trainer.is_global_zero:
+            check_output_dir(self._output_dir(trainer), self.overwrite, hint=f"set the {name} option overwrite: true")
+        self._prepare(trainer, pl_module)
+        if self._restored is not None:
+            self._load(self._restored)
+        rank_zero_info(f"{name}: {len(names)} Linear weights, pattern {self.pattern_spec}, {self.allocation}")
+
+    def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Subclass hook, called in ``setup`` before checkpoint restore."""
+
+    @property
+    def pattern_spec(self) -> str:
+        p = self.pattern
+        return {"unstructured": "unstructured", "block": f"block:{p.rows}x{p.cols}"}.get(p.kind, f"{p.n}:{p.m}")
+
+    def _output_dir(self, trainer: pl.Trainer) -> Path:
+        return Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "sparse_model")
+
+    # ---- training --------------------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._tick = time.perf_counter()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.masked.mask_gradients()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.masked.apply()
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            pl_module.log_dict(self._step_metrics(), batch_size=batch["input_ids"].shape[0])
+
+    def _step_metrics(self) -> dict[str, float]:
+        return {f"{self.log_prefix}/sparsity": self.masked.global_sparsity()}
+
+    def log_per_layer(self, trainer: pl.Trainer) -> None:
+        """Every weight's sparsity, straight to the loggers (called when masks change)."""
+        metrics = {f"{self.log_prefix}/layer/{k}": v for k, v in self.masked.sparsity().items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._tick is not None:
+            self.train_seconds += time.perf_counter() - self._tick
+            self._tick = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.masked.apply()
+        self.log_per_layer(trainer)
+        if trainer.is_global_zero:
+            out = self._output_dir(trainer)
+            tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+            report = write_sparse_model(
+                pl_module.model, out, self.masked, tokenizer, self._report(trainer), self.storage_values
+            )
+            rank_zero_info(f"{type(self).__name__}: {report['sparsity']:.1%} sparse model written to {out}")
+        trainer.strategy.barrier(type(self).__name__)
+
+    def _report(self, trainer: pl.Trainer) -> dict:
+        return {
+            "method": type(self).__name__,
+            "pattern": self.pattern_spec,
+            "allocation": self.allocation,
+            "steps": trainer.global_step,
+            "train_seconds": round(self.train_seconds, 2),
+        }
+
+    # ---- checkpointing ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"masks": self.masked.state_dict() if self.masked else {}, "train_seconds": self.train_seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.masked is None:
+            self._restored = state_dict
+        else:
+            self._load(state_dict)
+
+    def _load(self, state: dict) -> None:
+        self.train_seconds = state.get("train_seconds", 0.0)
+        if state.get("masks"):
+            self.masked.load_state_dict(state["masks"])
+        self._restored = None
