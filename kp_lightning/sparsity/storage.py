@@ -52,7 +52,8 @@ def unpack_bits(packed: torch.Tensor, shape: list[int]) -> torch.Tensor:
 
 
 def _int8(tensor: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(torch.round(tensor / scale), -128, 127).to(torch.int8)
+    # round(w · (1/scale)) like torch's fake quantization, so QAT weights decode to exactly what training used
+    return torch.clamp(torch.round(tensor * (1.0 / scale)), -128, 127).to(torch.int8)
 
 
 def _encode_sparse(weight: torch.Tensor, values: str, scale: float | None) -> tuple[dict, dict]:

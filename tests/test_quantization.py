@@ -1,0 +1,274 @@
+"""Fake quantization (QAT) of Linear layers and the int8 ONNX Runtime model built from it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.ao.quantization.observer import MinMaxObserver, MovingAverageMinMaxObserver
+
+from kp_lightning.quantization import (
+    DEFAULT_NO_OUTPUT_QUANT,
+    FakeQuantizer,
+    Int8Linear,
+    convert_to_int8,
+    default_quantized_linears,
+    fake_quantize_weight,
+    int8_reference_model,
+    is_fake_quantized,
+    load_int8,
+    save_int8,
+    strip_fake_quant,
+    weight_qparams,
+)
+from kp_lightning.quantization.int8_model import cpu_has_vnni
+from tests.helpers import tiny_batch, tiny_model
+from tests.text_fixtures import tiny_tokenizer
+
+
+def quantized(arch: str = "bert", calibrate: int = 3, seed: int = 0):
+    """A tiny classifier with fake quantization attached and ``calibrate`` training batches observed."""
+    model = tiny_model(arch, "ForSequenceClassification", seed=seed)
+    quantizer = FakeQuantizer(model, default_quantized_linears(model), attach=True)
+    model.train()
+    with torch.no_grad():
+        for i in range(calibrate):
+            model(**tiny_batch(seed=10 + i))
+    return model.eval(), quantizer
+
+
+def logits(model, batch=None) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**(batch or tiny_batch())).logits
+
+
+def test_default_linears_and_output_quant_rule():
+    model = tiny_model("bert", "ForSequenceClassification")
+    names = default_quantized_linears(model)
+    assert len(names) == 3 * 6 + 2  # q, k, v, attention output, intermediate, output per layer; pooler; classifier
+    assert not any("pooler" in n for n in default_quantized_linears(model, exclude=["pooler"]))
+    quantizer = FakeQuantizer(model, names)
+    no_out = {n for n in names if not quantizer.output_quantized(n)}
+    assert {n.rsplit(".", 2)[-2] for n in no_out if "layer." in n} == {"self", "output"}
+    assert all(n.endswith(("value", "output.dense")) or n == "classifier" for n in no_out)
+    assert "decoder" in DEFAULT_NO_OUTPUT_QUANT
+    with pytest.raises(TypeError, match="not an nn.Linear"):
+        FakeQuantizer(model, ["bert.embeddings"])
+
+
+def test_weight_fake_quant_matches_torch_observer_and_keeps_zeros():
+    torch.manual_seed(0)
+    weight = torch.randn(37, 32) * 0.05
+    weight[3] = 0.0  # a pruned row
+    weight[:, 5] = 0.0
+    scale, zero_point = weight_qparams(weight)
+    observer = MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    observer(weight)
+    ref_scale, ref_zp = observer.calculate_qparams()
+    assert torch.allclose(scale, ref_scale[0], rtol=1e-6) and int(zero_point) == int(ref_zp[0]) == 0
+    fq = fake_quantize_weight(weight)
+    assert (fq - weight).abs().max() <= scale / 2 + 1e-7
+    assert torch.equal(fq[weight == 0], torch.zeros(int((weight == 0).sum())))
+    grid = fq / scale
+    assert torch.allclose(grid, grid.round(), atol=1e-4) and grid.min() >= -128 and grid.max() <= 127
+
+
+def test_activation_observer_is_a_moving_average_like_torch():
+    model = tiny_model("bert", "ForSequenceClassification")
+    quantizer = FakeQuantizer(model, ["bert.encoder.layer.0.attention.self.query"])
+    obs = quantizer.quantizer("bert.encoder.layer.0.attention.self.query").input
+    reference = MovingAverageMinMaxObserver(averaging_constant=0.01, dtype=torch.quint8)
+    assert not obs.initialized
+    for i, x in enumerate([torch.randn(4, 8) * 2 + 1, torch.randn(4, 8) * 5, torch.rand(3, 8) + 0.5]):
+        previous = (obs.min_val.clone(), obs.max_val.clone())
+        obs.observe(x)
+        reference(x)
+        if i == 0:
+            assert obs.min_val == x.min() and obs.max_val == x.max()
+        else:
+            assert torch.allclose(obs.min_val, previous[0] + 0.01 * (x.min() - previous[0]))
+        assert torch.allclose(obs.min_val, reference.min_val) and torch.allclose(obs.max_val, reference.max_val)
+        scale, zero_point = obs.qparams()
+        ref_scale, ref_zp = reference.calculate_qparams()
+        assert torch.allclose(scale, ref_scale[0]) and int(zero_point) == int(ref_zp[0])
+
+
+def test_ranges_move_only_in_training_with_observers_enabled():
+    model = tiny_model("roberta", "ForSequenceClassification")
+    quantizer = FakeQuantizer(model, default_quantized_linears(model), attach=True)
+    with pytest.warns(RuntimeWarning, match="passes through unquantized"):
+        logits(model)  # eval before any training batch: activations are not quantized yet
+    assert not any(obs.initialized for obs in quantizer.observers())
+    model.train()
+    with torch.no_grad():
+        model(**tiny_batch(seed=3))
+    assert quantizer.initialized
+    state = copy.deepcopy(quantizer.state_dict())
+
+    def unchanged() -> bool:
+        return all(torch.equal(v, state[k]) for k, v in quantizer.state_dict().items())
+
+    model.eval()
+    logits(model, tiny_batch(seed=4))
+    assert unchanged()
+    model.train()
+    quantizer.observers_enabled = False
+    with torch.no_grad():
+        model(**tiny_batch(seed=5))
+    assert unchanged() and not quantizer.observers_enabled
+    quantizer.observers_enabled = True
+    with torch.no_grad():
+        model(**tiny_batch(seed=5))
+    assert not unchanged()
+
+
+def test_straight_through_gradients_reach_weights_and_inputs():
+    model, quantizer = quantized("distilbert")
+    model.train()
+    batch = tiny_batch()
+    out = model(**batch, labels=torch.tensor([0, 1, 1]))
+    out.loss.backward()
+    for name in quantizer.module_names:
+        grad = model.get_submodule(name).weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert model.distilbert.embeddings.word_embeddings.weight.grad.abs().sum() > 0  # through the first linears' inputs
+
+    name = "distilbert.transformer.layer.0.attention.v_lin"  # no output requantization: a pure STE on the input
+    linear, quant = model.get_submodule(name), quantizer.quantizer(name)
+    assert quant.output is None
+    x = (4 * torch.randn(5, linear.in_features)).requires_grad_()
+    linear.eval()
+    linear(x).sum().backward()
+    scale, zero_point = quant.input.qparams()
+    q = torch.round(x.detach() / scale) + zero_point
+    inside = (q >= 0) & (q <= 255)
+    assert inside.any() and (~inside).any()
+    expected = fake_quantize_weight(linear.weight).sum(0).expand_as(x) * inside  # STE: zero outside the range
+    assert torch.allclose(x.grad, expected, atol=1e-6)
+
+
+def test_state_dict_keys_unchanged_and_detach_restores_exact_outputs():
+    model = tiny_model("bert", "ForSequenceClassification")
+    keys = list(model.state_dict())
+    before = logits(model)
+    model_state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    quantizer = FakeQuantizer(model, default_quantized_linears(model)).attach()
+    with torch.no_grad():
+        model(**tiny_batch(seed=3))
+    model.eval()
+    assert list(model.state_dict()) == keys and quantizer.attached
+    assert all(k.startswith("linears.") and k.endswith(("min_val", "max_val")) for k in quantizer.state_dict())
+    assert "linears.bert/encoder/layer/0/attention/self/query.output.max_val" in quantizer.state_dict()
+    assert not torch.equal(logits(model), before)
+    quantizer.detach()
+    assert not quantizer.attached and not any(is_fake_quantized(m) for m in model.modules())
+    assert torch.equal(logits(model), before)
+    assert all(torch.equal(v, model_state[k]) for k, v in model.state_dict().items())
+    quantizer.fake_quant_enabled = False
+    quantizer.attach()
+    assert torch.equal(logits(model), before)  # fake quant switched off: float forward
+
+
+def test_observer_state_round_trip_and_deepcopy():
+    model, quantizer = quantized("bert")
+    expected = logits(model)
+    fresh = tiny_model("bert", "ForSequenceClassification")
+    restored = FakeQuantizer(fresh, default_quantized_linears(fresh), attach=True)
+    restored.load_state_dict(quantizer.state_dict())
+    assert restored.initialized
+    assert restored.activation_qparams() == quantizer.activation_qparams()
+    assert restored.weight_scales() == quantizer.weight_scales()
+    assert torch.equal(logits(fresh), expected)
+
+    copied = copy.deepcopy(model)  # keeps fake quant, with its own copy of the observers
+    assert torch.equal(logits(copied), expected)
+    assert strip_fake_quant(copied) == len(quantizer.module_names)
+    assert torch.equal(logits(copied), logits(tiny_model("bert", "ForSequenceClassification")))
+
+
+def test_int8_reference_linear_equals_fake_quant_linear():
+    model, quantizer = quantized("bert")
+    name = "bert.encoder.layer.1.intermediate.dense"
+    linear = model.get_submodule(name)
+    with torch.no_grad():
+        linear.weight[:4] = 0.0  # pruned neurons stay exactly zero in int8
+    qparams = quantizer.activation_qparams()[name]
+    for unsigned in (False, True):
+        int8 = Int8Linear(linear, qparams["input"], qparams["output"], unsigned_weight=unsigned)
+        assert int8.weight_t.dtype == (torch.uint8 if unsigned else torch.int8)
+        assert torch.equal(int8.int_weight()[:4], torch.zeros(4, linear.in_features, dtype=torch.int32))
+        assert torch.equal(int8.int_weight().float() * int8.weight_scale, fake_quantize_weight(linear.weight))
+        x = torch.randn(2, 7, linear.in_features)
+        with torch.no_grad():
+            assert torch.allclose(int8(x), linear(x), atol=1e-6)
+
+
+def test_convert_needs_calibrated_observers():
+    model = tiny_model("bert", "ForSequenceClassification")
+    quantizer = FakeQuantizer(model, default_quantized_linears(model))
+    with pytest.raises(RuntimeError, match="not initialized"):
+        convert_to_int8(model, quantizer)
+
+
+_INT8_CACHE: dict[str, tuple] = {}
+
+
+def int8_pair(arch: str):
+    """(fake-quant model, quantizer, int8 model), built once per architecture (an ONNX export takes seconds).
+
+    BERT lets the CPU choose the weight layout, RoBERTa uses int8 weights and DistilBERT uint8 (+128) ones."""
+    if arch not in _INT8_CACHE:
+        model, quantizer = quantized(arch)
+        unsigned = {"bert": None, "roberta": False, "distilbert": True}[arch]
+        _INT8_CACHE[arch] = model, quantizer, convert_to_int8(model, quantizer, unsigned_weights=unsigned)
+    return _INT8_CACHE[arch]
+
+
+@pytest.mark.parametrize(
+    "arch",
+    ["bert", pytest.param("roberta", marks=pytest.mark.slow), pytest.param("distilbert", marks=pytest.mark.slow)],
+)
+def test_int8_model_matches_fake_quant(arch):
+    model, _, int8 = int8_pair(arch)
+    batch = tiny_batch(seed=7, batch=4, seq=13)
+    if arch == "bert":
+        batch["token_type_ids"] = (torch.arange(13) > 6).long().expand(4, 13)
+    fake, real = logits(model, batch), logits(int8, batch)
+    float_model = copy.deepcopy(model)
+    strip_fake_quant(float_model)
+    # Same integer grids and qparams; the integer GEMMs are exact (on CPUs without VNNI the int8-weight layout could
+    # saturate int16 pair sums, which does not happen for these seeds). What is left is float summation order in the
+    # fp32 parts, which could flip a rare rounding tie. Logits are ~1e-2 and quantization moves them by ~1e-4, so 1e-5
+    # is far below the quantization effect (observed: ~1e-9).
+    assert (real - fake).abs().max() < 1e-5
+    assert (logits(float_model, batch) - fake).abs().max() > 10 * (real - fake).abs().max()
+    kernels = int8.kernel_counts()
+    assert kernels.get("MatMulIntegerToFloat", 0) >= 3 * 4, kernels  # the encoder linears run in integer kernels
+    expected_unsigned = {"bert": not cpu_has_vnni(), "roberta": False, "distilbert": True}[arch]
+    assert int8.meta["unsigned_weights"] == expected_unsigned
+    assert next(int8.parameters()).device.type == "cpu" and int8.config.model_type == model.config.model_type
+
+
+def test_int8_save_load_round_trip(tmp_path):
+    int8 = int8_pair("bert")[2]
+    save_int8(int8, tmp_path / "int8", tokenizer=tiny_tokenizer())
+    assert {"model.onnx", "config.json", "quantization.json", "tokenizer_config.json"} <= {
+        p.name for p in (tmp_path / "int8").iterdir()
+    }
+    loaded = load_int8(tmp_path / "int8")
+    batch = tiny_batch(seed=9)
+    assert torch.equal(logits(loaded, batch), logits(int8, batch))
+    assert torch.equal(logits(copy.deepcopy(loaded), batch), logits(int8, batch))
+    with pytest.raises(FileNotFoundError):
+        load_int8(tmp_path)
+
+
+def test_int8_reference_model_replaces_only_listed_linears():
+    model, quantizer = quantized("roberta")
+    reference = int8_reference_model(model, quantizer)
+    replaced = {n for n, m in reference.named_modules() if isinstance(m, Int8Linear)}
+    assert replaced == set(quantizer.module_names)
+    assert all(is_fake_quantized(model.get_submodule(n)) for n in quantizer.module_names)  # original untouched
+    assert torch.allclose(logits(reference), logits(model), atol=1e-6)
