@@ -139,7 +139,8 @@ def sst2_metric(path: Path) -> float:
 def perplexity(run: str) -> float:
     import csv
 
-    rows = list(csv.DictReader(open(log_dir(run) / "metrics.csv")))
+    with open(log_dir(run) / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
     return [float(r["val/perplexity"]) for r in rows if r.get("val/perplexity")][-1]
 
 
@@ -189,8 +190,10 @@ def measure_phase(sparsities: list[float], latency_seconds: float) -> dict:
                      "size_bytes": storage["sparse_file_bytes"], "dense_size_bytes": dense_size,
                      "latency_speedup": dense_ms / int8_ms, "latency_ms": {"dense_fp32": dense_ms, "model": int8_ms},
                      "max_abs_logit_difference": report["max_abs_output_difference"]})  # fmt: skip
-    meta = {"latency": f"fp32 dense teacher vs each model, batch 32 x {SEQ_LEN}, torch threads "
-                       f"{torch.get_num_threads()}, {latency_seconds}s per model, one process, one after the other"}
+    meta = {
+        "latency": f"fp32 dense teacher vs each model, batch 32 x {SEQ_LEN}, torch threads "
+        f"{torch.get_num_threads()}, {latency_seconds}s per model, one process, one after the other"
+    }
     (RESULTS / "pofa_glue.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     return {"meta": meta, "rows": rows}
 
@@ -217,7 +220,7 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.85, 0.9])
     parser.add_argument("--phases", nargs="+", default=["teacher", "sparse", "transfer", "qat", "measure", "render"])
     parser.add_argument("--retrain", action="store_true", help="Train finished stages again.")
-    parser.add_argument("--sparse-steps", type=int, default=240)
+    parser.add_argument("--sparse-steps", type=int, default=120)
     parser.add_argument("--sparse-batch", type=int, default=16)
     parser.add_argument("--transfer-steps", type=int, default=400)
     parser.add_argument("--qat-steps", type=int, default=200)

@@ -37,9 +37,10 @@ class QuantizationAwareTraining(pl.Callback):
     ones. Installed in ``setup`` (before checkpoint restore: the ranges are part of the checkpoint).
 
     At the end of ``fit`` the model is converted to a real int8 model (an ONNX file with int8 weights and the
-    learned scales, run by ONNX Runtime's integer kernels on CPU; ``load_int8`` reloads it) written to ``output_dir`` with ``quantization_report.json`` (the int8 model's validation
-    metrics next to the fake-quantized ones, their largest output difference, sizes) and, under ``sparse_int8/``,
-    the bitmask + int8 copy of the weights.
+    learned scales, run by ONNX Runtime's integer kernels on CPU; ``load_int8`` reloads it) and written to
+    ``output_dir`` with ``quantization_report.json`` (the int8 model's validation metrics next to the
+    fake-quantized ones, their largest output difference, sizes) and, under ``sparse_int8/``, the bitmask + int8
+    copy of the weights.
 
     Args:
         exclude: Substrings of Linear layer names to leave in float.

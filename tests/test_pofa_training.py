@@ -37,7 +37,8 @@ def setup(tmp_path_factory):
 def common(out: Path) -> list[str]:
     return ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(out),
-            "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(out), "--trainer.log_every_n_steps", "1"]  # fmt: skip
+            "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(out),
+            "--trainer.log_every_n_steps", "1"]  # fmt: skip
 
 
 def gmp_args(setup, out: Path, *extra: str) -> list[str]:
