@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -88,6 +89,12 @@ class QuantizationAwareTraining(pl.Callback):
             raise ValueError(f"QuantizationAwareTraining works with kp_lightning's TaskModule, got {type(pl_module)}")
         if isinstance(trainer.strategy, FSDPStrategy):
             raise ValueError("QuantizationAwareTraining runs on one device or under DDP, not FSDP.")
+        missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ValueError(
+                f"QuantizationAwareTraining ends with an ONNX Runtime int8 model but {', '.join(missing)} is not "
+                "installed: pip install 'kp_lightning[onnx]'"
+            )
         names = self.names = default_quantized_linears(pl_module.model, self.exclude)
         if not names:
             raise ValueError(f"no Linear layer is left to quantize with exclude={self.exclude}")
