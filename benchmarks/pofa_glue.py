@@ -106,8 +106,6 @@ def transfer_phase(sparsities: list[float], retrain: bool, steps: int) -> None:
             "--data.init_args.data_dir", str(SHARED / "glue"), "--data.init_args.max_length", str(SEQ_LEN),
             "--model.init_args.model_name_or_path", str(WORK / f"sparse_{tag(s)}"),
             "--model.init_args.teacher_name_or_path", str(SST2_TEACHER), "--trainer.max_steps", str(steps),
-            "--trainer.callbacks.output_dir", str(WORK / f"transfer_{tag(s)}_last"),
-            "--trainer.callbacks.overwrite", "true", "--trainer.callbacks.storage_values", "null",
         ])  # fmt: skip
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(log_dir(f"transfer_{tag(s)}_run") / "best_model", out)
