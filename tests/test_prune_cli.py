@@ -109,7 +109,7 @@ def test_bad_input_stops_before_any_output(setup, tmp_path):
     untrained = tmp_path / "encoder-only"
     save_tiny_model(untrained, "Model")  # no task head: loading initialises a new one
     args = [*common, "--pruner.flops_reduction", "0.5", "--output_dir", str(tmp_path / "b"),
-            "--trainer.logger", "false"]  # fmt: skip
+            "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "logs")]  # fmt: skip
     args[args.index(str(model))] = str(untrained)
     with pytest.raises(PruneError, match="newly initialised"):
         prune_main(args)
