@@ -95,18 +95,21 @@ def sparse_phase(sparsities: list[float], retrain: bool, steps: int, batch: int)
         ])  # fmt: skip
 
 
+def sst2_args(config: str, student: Path, steps: int) -> list[str]:
+    """``train.py fit`` arguments of an SST-2 stage: ``configs/pofa/<config>.yaml``, KD from the SST-2 teacher."""
+    return ["-c", f"configs/pofa/{config}.yaml", "-c", "configs/data/glue/sst2.yaml",
+            "--data.init_args.data_dir", str(SHARED / "glue"), "--data.init_args.max_length", str(SEQ_LEN),
+            "--model.init_args.model_name_or_path", str(student),
+            "--model.init_args.teacher_name_or_path", str(SST2_TEACHER), "--trainer.max_steps", str(steps)]  # fmt: skip
+
+
 def transfer_phase(sparsities: list[float], retrain: bool, steps: int) -> None:
     for s in sparsities:
         out = WORK / f"transfer_{tag(s)}"
         if (out / "best_metric.json").is_file() and not retrain:
             print(f"reusing {out}")
             continue
-        run_train(f"transfer_{tag(s)}_run", [
-            "-c", "configs/pofa/transfer_glue_cpu.yaml", "-c", "configs/data/glue/sst2.yaml",
-            "--data.init_args.data_dir", str(SHARED / "glue"), "--data.init_args.max_length", str(SEQ_LEN),
-            "--model.init_args.model_name_or_path", str(WORK / f"sparse_{tag(s)}"),
-            "--model.init_args.teacher_name_or_path", str(SST2_TEACHER), "--trainer.max_steps", str(steps),
-        ])  # fmt: skip
+        run_train(f"transfer_{tag(s)}_run", sst2_args("transfer_glue_cpu", WORK / f"sparse_{tag(s)}", steps))
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(log_dir(f"transfer_{tag(s)}_run") / "best_model", out)
 
@@ -117,13 +120,9 @@ def qat_phase(sparsities: list[float], retrain: bool, steps: int) -> None:
         if (out / "quantization_report.json").is_file() and not retrain:
             print(f"reusing {out}")
             continue
-        run_train(f"qat_{tag(s)}_run", [
-            "-c", "configs/pofa/qat_glue_cpu.yaml", "-c", "configs/data/glue/sst2.yaml",
-            "--data.init_args.data_dir", str(SHARED / "glue"), "--data.init_args.max_length", str(SEQ_LEN),
-            "--model.init_args.model_name_or_path", str(WORK / f"transfer_{tag(s)}"),
-            "--model.init_args.teacher_name_or_path", str(SST2_TEACHER), "--trainer.max_steps", str(steps),
-            "--trainer.callbacks.output_dir", str(out), "--trainer.callbacks.overwrite", "true",
-        ])  # fmt: skip
+        run_train(f"qat_{tag(s)}_run", [*sst2_args("qat_glue_cpu", WORK / f"transfer_{tag(s)}", steps),
+                                        "--trainer.callbacks.output_dir", str(out),
+                                        "--trainer.callbacks.overwrite", "true"])  # fmt: skip
 
 
 def dense_bytes(path: Path) -> int:
