@@ -27,6 +27,7 @@ from kp_lightning.cofi.hard_concrete import (
     uniform_noise,
 )
 from kp_lightning.core.adapter import EncoderAdapter, EncoderShape
+from kp_lightning.core.compaction import compact
 from kp_lightning.core.export import export_compact, load_compressed
 from kp_lightning.core.report import parameter_counts
 from tests.helpers import ARCHS, main_output, tiny_batch, tiny_model
@@ -220,3 +221,54 @@ def test_gates_refuse_unknown_granularities_and_skip_unlearned_ones():
     assert math.isclose(
         float(gates.expected_size()) / full_size(BERT_BASE), 1 - float(gates.expected_sparsity()), rel_tol=1e-6
     )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_zero_sublayer_gate_means_layernorm_of_the_input_in_training_eval_and_materialized(arch):
+    """Gate 0 on a post-LN sublayer scales its whole output (bias included) away: ``LN(x)`` everywhere."""
+    model = tiny_model(arch, "ForSequenceClassification")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # training-mode forwards become deterministic, so they can be compared
+    pruner = CoFiPruner(model, SparsitySchedule(0.5, 0, 10))
+    randomize(pruner.gates, seed=5, std=1.0)
+    with torch.no_grad():
+        pruner.gates.attention[1] = LOG_ALPHA_MIN
+        pruner.gates.ffn[1] = LOG_ALPHA_MAX
+    pruner.attach(model)
+    steps = (s for s in range(100) if _sample_at(pruner, s).attention[1] == 0)
+    pruner.step = next(steps)
+    view = EncoderAdapter(model).layers[1]
+    seen = {}
+    hook = view.attention_norm.register_forward_hook(lambda m, a, out: seen.update(x=a[0], out=out))
+    batch = tiny_batch()
+    with torch.no_grad():
+        trained = main_output(model.train()(**batch))
+        sample = _sample_at(pruner, pruner.step)
+        hidden = sample.hidden
+        x = seen["x"]
+        expected = (
+            torch.nn.functional.layer_norm(
+                x[..., hidden != 0],
+                (int((hidden != 0).sum()),),
+                view.attention_norm.weight[hidden != 0],
+                view.attention_norm.bias[hidden != 0],
+                view.attention_norm.eps,
+            )
+            * hidden[hidden != 0]
+        )
+        torch.testing.assert_close(seen["out"][..., hidden != 0], expected, atol=1e-5, rtol=0)
+        hook.remove()
+        pruner.detach()
+        torch.testing.assert_close(main_output(compact(model, sample).eval()(**batch)), trained, atol=1e-5, rtol=0)
+        pruner.attach(model)
+        evaluated = main_output(model.eval()(**batch))
+        assert pruner.deterministic_masks().attention[1] == 0
+        small = pruner.materialize(model).eval()
+        pruner.detach()
+        torch.testing.assert_close(main_output(small(**batch)), evaluated, atol=1e-5, rtol=0)
+
+
+def _sample_at(pruner: CoFiPruner, step: int):
+    pruner.step = step
+    return pruner.gates.sample(pruner.noise())

@@ -2,10 +2,11 @@
 
 For a layer with hidden width ``K`` (kept hidden dims), ``H`` heads of size ``d_h`` and ``F`` FFN neurons::
 
-    attention = H·(4·d_h·K + 3·d_h) + 3·K     # Q, K, V, O weights; Q, K, V biases; O bias + LayerNorm
-    ffn       = F·(2·K + 1) + 3·K             # up and down weights; up bias; down bias + LayerNorm
+    attention = a·H·(4·d_h·K + 3·d_h) + 3·K   # Q, K, V, O weights; Q, K, V biases; O bias + LayerNorm
+    ffn       = m·F·(2·K + 1) + 3·K           # up and down weights; up bias; down bias + LayerNorm
 
-which is exactly the parameter count of the compacted layer (0 for a removed sublayer). Feeding
+with ``a``/``m`` the sublayer gates, which is exactly the parameter count of the compacted layer (a removed
+sublayer keeps its output bias and LayerNorm, ``3·K``). Feeding
 probabilities ``P(z>0)`` instead of counts gives the expected size, because distinct gates are independent.
 Embeddings, pooler and task head are not counted (the paper's convention), so at all-ones the sparsity is 0.
 """
@@ -34,8 +35,8 @@ def encoder_size(heads: Sequence, neurons: Sequence, attention: Sequence, ffn: S
     """
     total = 0.0
     for h, f, a, m in zip(heads, neurons, attention, ffn, strict=True):
-        total = total + a * (h * (4 * head_size * hidden + 3 * head_size) + 3 * hidden)
-        total = total + m * (f * (2 * hidden + 1) + 3 * hidden)
+        total = total + a * h * (4 * head_size * hidden + 3 * head_size) + 3 * hidden
+        total = total + m * f * (2 * hidden + 1) + 3 * hidden
     return total
 
 

@@ -1,9 +1,11 @@
 """Compact encoders: stock transformers classes whose modules are resized to ``config.kp_structure``.
 
 Copied into every compact export so ``AutoModelFor<Task>.from_pretrained(dir, trust_remote_code=True)``
-works without kp_lightning; imports only torch and transformers. A removed sublayer (no heads, or no
-neurons) is the identity: its output projection returns zeros and its LayerNorm is skipped, so the layer
-passes its input through unchanged.
+works without kp_lightning; imports only torch and transformers. A removed post-LayerNorm sublayer (no
+heads, or no neurons) computes ``LN(x + b)``: what the stock sublayer computes with every unit zeroed. Its
+projection weights are gone, the output projection's (folded) bias ``b`` stays as a constant and its
+LayerNorm stays. ``kp_structure["removed_sublayer"]`` records this; exports written before it existed
+(removed sublayers were the identity) are refused with a message.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from torch import nn
 from .configuration_kp import COMPACT_CONFIG_CLASSES
 from .layouts import LAYOUTS, EncoderLayout
 
+REMOVED_SUBLAYER = "bias_and_norm"
+"""``kp_structure["removed_sublayer"]``: a removed sublayer keeps its output bias and its LayerNorm."""
+
+
+class LegacyCompactModelError(ValueError):
+    """A compact config written before removed sublayers kept their LayerNorm, with a removed sublayer."""
+
 
 class ZeroLinear(nn.Module):
-    """Stands in for the projection of a removed sublayer: returns zeros of width ``out_features``."""
+    """Stands in for the up projection of a removed FFN: returns zeros of width ``out_features`` (0)."""
 
     def __init__(self, out_features: int):
         super().__init__()
@@ -27,15 +36,37 @@ class ZeroLinear(nn.Module):
         return x.new_zeros(*x.shape[:-1], self.out_features)
 
 
-class RemovedMHA(nn.Module):
-    """Stands in for the attention core (the module holding Q/K/V) of a removed attention sublayer."""
+class RemovedProjection(nn.Module):
+    """Output projection of a removed sublayer: no weight, its bias returned at every position."""
 
-    def __init__(self, out_features: int):
+    in_features = 0
+
+    def __init__(self, out_features: int, device=None, dtype=None):
         super().__init__()
         self.out_features = out_features
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(*x.shape[:-1], self.out_features).clone()  # a real tensor, like a Linear's output
+
+
+class RemovedMHA(nn.Module):
+    """Stands in for the attention core (the module holding Q/K/V) of a removed attention sublayer.
+
+    Args:
+        output_name: Name of the output projection when it lives inside the core (DistilBERT's ``out_lin``,
+            set by the caller to a :class:`RemovedProjection`); the core then returns its constant output.
+    """
+
+    def __init__(self, output_name: str | None = None):
+        super().__init__()
+        self.output_name = output_name
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
-        return hidden_states.new_zeros(*hidden_states.shape[:-1], self.out_features), None
+        empty = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+        if self.output_name is None:
+            return empty, None
+        return getattr(self, self.output_name)(empty), None
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -82,20 +113,39 @@ def _sized_embedding(old: nn.Embedding, dim: int) -> nn.Embedding:
     return nn.Embedding(old.num_embeddings, dim, padding_idx=old.padding_idx, device=ref.device, dtype=ref.dtype)
 
 
-def remove_attention(layer: nn.Module, layout: EncoderLayout, hidden: int) -> None:
-    """Turn a layer's attention sublayer into the identity."""
+def remove_attention(layer: nn.Module, layout: EncoderLayout, hidden: int, norm: nn.LayerNorm) -> None:
+    """Replace a layer's attention sublayer by ``LN(x + b)``: no Q/K/V, a constant output bias, its LayerNorm."""
     inside = attention_out_inside_core(layout)
-    set_module(layer, layout.attention_core, RemovedMHA(hidden if inside else 0))
-    if not inside:
-        set_module(layer, layout.attention_out, ZeroLinear(hidden))
-    set_module(layer, layout.attention_norm, nn.Identity())
+    name = layout.attention_out[len(layout.attention_core) + 1 :] if inside else None
+    set_module(layer, layout.attention_core, RemovedMHA(name))
+    ref = norm.weight
+    set_module(layer, layout.attention_out, RemovedProjection(hidden, device=ref.device, dtype=ref.dtype))
+    set_module(layer, layout.attention_norm, norm)
 
 
-def remove_ffn(layer: nn.Module, layout: EncoderLayout, hidden: int) -> None:
-    """Turn a layer's FFN sublayer into the identity."""
+def remove_ffn(layer: nn.Module, layout: EncoderLayout, hidden: int, norm: nn.LayerNorm) -> None:
+    """Replace a layer's FFN sublayer by ``LN(x + b)``: no up projection, a constant output bias, its LayerNorm."""
+    ref = norm.weight
     set_module(layer, layout.ffn_up, ZeroLinear(0))
-    set_module(layer, layout.ffn_down, ZeroLinear(hidden))
-    set_module(layer, layout.ffn_norm, nn.Identity())
+    set_module(layer, layout.ffn_down, RemovedProjection(hidden, device=ref.device, dtype=ref.dtype))
+    set_module(layer, layout.ffn_norm, norm)
+
+
+def check_removed_sublayer_semantics(structure: dict) -> None:
+    """Refuse a compact config from before removed sublayers kept their LayerNorm, if it removes one.
+
+    Raises:
+        LegacyCompactModelError: such a model cannot be rebuilt by this code without changing its outputs.
+    """
+    if structure.get("removed_sublayer") == REMOVED_SUBLAYER:
+        return
+    if 0 in structure["heads"] or 0 in structure["intermediate"]:
+        raise LegacyCompactModelError(
+            "this compact model was exported by an earlier kp_lightning, in which a removed sublayer skipped its "
+            "LayerNorm (the identity); this version keeps the LayerNorm (LN(x + b)). Load it with the code "
+            "shipped in its directory, in a process that does not import kp_lightning: "
+            "AutoModelFor<Task>.from_pretrained(dir, trust_remote_code=True); or prune the dense model again."
+        )
 
 
 def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict) -> None:
@@ -106,10 +156,11 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
     for path in layout.embedding_tables:
         set_module(base, path, _sized_embedding(get_module(base, path), hidden))
     set_module(base, layout.embedding_norm, _sized_norm(get_module(base, layout.embedding_norm), hidden))
+    check_removed_sublayer_semantics(structure)
     layers = get_module(base, layout.layers)
     for layer, heads, neurons in zip(layers, structure["heads"], structure["intermediate"], strict=True):
         if heads == 0:
-            remove_attention(layer, layout, hidden)
+            remove_attention(layer, layout, hidden, _sized_norm(get_module(layer, layout.attention_norm), hidden))
         else:
             width = heads * head_size
             for path in (layout.query, layout.key, layout.value):
@@ -118,7 +169,7 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
             set_module(layer, layout.attention_out, _sized_linear(out, width, hidden))
             set_module(layer, layout.attention_norm, _sized_norm(get_module(layer, layout.attention_norm), hidden))
         if neurons == 0:
-            remove_ffn(layer, layout, hidden)
+            remove_ffn(layer, layout, hidden, _sized_norm(get_module(layer, layout.ffn_norm), hidden))
         else:
             set_module(layer, layout.ffn_up, _sized_linear(get_module(layer, layout.ffn_up), hidden, neurons))
             set_module(layer, layout.ffn_down, _sized_linear(get_module(layer, layout.ffn_down), neurons, hidden))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..compact_model.layouts import EncoderLayout, HeadLayout, layout_for_model_type, supported_classes
-from ..compact_model.modeling_kp import RemovedMHA, ZeroLinear, base_model_of, get_module, task_of
+from ..compact_model.modeling_kp import RemovedMHA, RemovedProjection, base_model_of, get_module, task_of
 
 
 class UnsupportedModelError(TypeError):
@@ -29,7 +29,11 @@ class EncoderShape:
 
 
 class LayerView:
-    """The prunable parts of one encoder layer."""
+    """The prunable parts of one encoder layer.
+
+    A removed sublayer has no Q/K/V (or up projection); its output projection is a
+    :class:`RemovedProjection` (a constant bias) and its LayerNorm is still there.
+    """
 
     def __init__(self, index: int, module: nn.Module, layout: EncoderLayout, head_size: int):
         self.index = index
@@ -46,7 +50,7 @@ class LayerView:
 
     @property
     def has_ffn(self) -> bool:
-        return not isinstance(self._get(self.layout.ffn_down), ZeroLinear)
+        return not isinstance(self._get(self.layout.ffn_down), RemovedProjection)
 
     @property
     def query(self) -> nn.Linear:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..compact_model.configuration_kp import COMPACT_CONFIG_CLASSES
-from ..compact_model.modeling_kp import COMPACT_MODEL_CLASSES
+from ..compact_model.modeling_kp import COMPACT_MODEL_CLASSES, REMOVED_SUBLAYER
 from .adapter import EncoderAdapter
 from .masks import StructuralMasks
 from .structure import EncoderStructure
@@ -19,7 +19,7 @@ def compact(model: nn.Module, masks: StructuralMasks | EncoderStructure) -> nn.M
     """Build a physically smaller model equal (in eval mode) to ``model`` with ``masks`` attached.
 
     Soft mask values are folded into the weights; units with value 0 are sliced away; a removed sublayer
-    becomes the identity. ``model`` is not modified.
+    keeps only its (scaled) output bias and its LayerNorm, ``LN(x + b)``. ``model`` is not modified.
 
     Args:
         model: A supported encoder, stock or already compact.
@@ -39,7 +39,7 @@ def compact(model: nn.Module, masks: StructuralMasks | EncoderStructure) -> nn.M
 
     config_dict = model.config.to_dict()
     config_dict.pop("auto_map", None)
-    config_dict["kp_structure"] = structure.kept_counts()
+    config_dict["kp_structure"] = {**structure.kept_counts(), "removed_sublayer": REMOVED_SUBLAYER}
     config_dict[PARENT_STRUCTURE_KEY] = original_structure(model).compose(structure).to_dict()
     config = COMPACT_CONFIG_CLASSES[adapter.layout.model_type](**config_dict)
     config._attn_implementation = model.config._attn_implementation
@@ -88,6 +88,9 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
         if bias is not None:
             state[prefix + "bias"] = bias.contiguous()
 
+    def put_bias(module: nn.Module, bias: torch.Tensor) -> None:
+        state[names[module] + ".bias"] = bias.contiguous()
+
     def drop(module: nn.Module) -> None:
         prefix = names[module] + "."
         for key in [k for k in state if k.startswith(prefix)]:
@@ -105,30 +108,34 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
 
     for view, heads, neurons in zip(adapter.layers, structure.heads, structure.neurons, strict=True):
         i, dh = view.index, view.head_size
-        if view.has_attention and not heads:
-            for module in (view.query, view.key, view.value, view.attention_out, view.attention_norm):
-                drop(module)
-        elif view.has_attention:
+        out = view.attention_out
+        row_scale = (masks.attention[i] * hidden)[hid]
+        if not heads:  # removed: LN(x + b), the bias scaled like the sublayer's output
+            if view.has_attention:
+                for module in (view.query, view.key, view.value):
+                    drop(module)
+            drop(out)
+            put_bias(out, out.bias[hid] * row_scale)
+        else:
             dims = _index([h * dh + j for h in heads for j in range(dh)], device)
             for proj in (view.query, view.key, view.value):
                 put(proj, proj.weight[dims][:, hid], proj.bias[dims])
-            out = view.attention_out
             col_scale = masks.head[i].repeat_interleave(dh)[dims]
-            row_scale = (masks.attention[i] * hidden)[hid]
             weight = out.weight[hid][:, dims] * col_scale * row_scale[:, None]
             put(out, weight, out.bias[hid] * row_scale)
-            norm(view.attention_norm)
-        if view.has_ffn and not neurons:
-            for module in (view.ffn_up, view.ffn_down, view.ffn_norm):
-                drop(module)
-        elif view.has_ffn:
+        norm(view.attention_norm)
+        up, down = view.ffn_up, view.ffn_down
+        row_scale = (masks.ffn[i] * hidden)[hid]
+        if not neurons:
+            drop(up)
+            drop(down)
+            put_bias(down, down.bias[hid] * row_scale)
+        else:
             kept = _index(neurons, device)
-            up, down = view.ffn_up, view.ffn_down
             put(up, up.weight[kept][:, hid], up.bias[kept])
-            row_scale = (masks.ffn[i] * hidden)[hid]
             weight = down.weight[hid][:, kept] * masks.neuron[i][kept] * row_scale[:, None]
             put(down, weight, down.bias[hid] * row_scale)
-            norm(view.ffn_norm)
+        norm(view.ffn_norm)
 
     for module in adapter.stream_readers():
         reader(module)

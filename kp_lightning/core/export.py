@@ -14,7 +14,7 @@ import transformers
 from torch import nn
 
 from ..compact_model import configuration_kp, layouts, modeling_kp
-from ..compact_model.modeling_kp import COMPACT_MODEL_CLASSES
+from ..compact_model.modeling_kp import COMPACT_MODEL_CLASSES, LegacyCompactModelError
 from ..compact_model.registration import auto_map
 from .adapter import EncoderAdapter
 from .compaction import compact
@@ -113,8 +113,10 @@ def export_compact(
 def fold_masks_dense(model: nn.Module, masks: StructuralMasks) -> nn.Module:
     """A copy of a stock model whose weights carry ``masks`` (zeros for pruned units), same architecture.
 
+    A removed sublayer is all zeros but its (scaled) output bias: ``LN(x + s·b)``, as in the compact model.
+
     Raises:
-        ExportError: the masks prune hidden dims or remove a whole sublayer, which a stock model cannot express.
+        ExportError: the masks prune hidden dims, which a stock model cannot express.
     """
     adapter = EncoderAdapter(model)
     masks.validate(adapter.shape())
@@ -122,11 +124,6 @@ def fold_masks_dense(model: nn.Module, masks: StructuralMasks) -> nn.Module:
         raise ExportError("a compact model has no stock architecture; use export_compact")
     if not bool((masks.hidden == 1).all()):
         raise ExportError("hidden-dimension masks cannot be expressed in a stock model; use export_compact")
-    removed = [i for i in range(len(adapter.layers)) if masks.attention_removed(i) or masks.ffn_removed(i)]
-    if removed:
-        raise ExportError(
-            f"layers {removed} lose a whole sublayer, which a stock model cannot express; use export_compact"
-        )
     dense = copy.deepcopy(model)
     for view in EncoderAdapter(dense).layers:
         i, dh = view.index, view.head_size
@@ -155,7 +152,7 @@ def export_dense(
 ) -> Path:
     """Save a stock-architecture model (pruned weights left as zeros) that plain ``AutoModel`` loads.
 
-    Suits unstructured sparsity (Prune Once for All) and head/neuron masks without removed sublayers.
+    Suits unstructured sparsity (Prune Once for All) and head/neuron masks (removed sublayers included).
     """
     out_dir = Path(out_dir)
     if EncoderAdapter(model).is_compact:
@@ -170,7 +167,8 @@ def load_compressed(path: str | Path, **kwargs) -> nn.Module:
     """Load an export written by :func:`export_compact` or :func:`export_dense` (no remote code needed).
 
     Raises:
-        ExportError: the directory is not a kp_lightning export.
+        ExportError: the directory is not a kp_lightning export, or a compact export from an earlier version
+            whose removed sublayers this version would compute differently.
     """
     path = Path(path)
     config_file = path / "config.json"
@@ -182,4 +180,7 @@ def load_compressed(path: str | Path, **kwargs) -> nn.Module:
     cls = classes.get(architecture) or getattr(transformers, architecture or "", None)
     if cls is None:
         raise ExportError(f"{config_file} names architecture {architecture!r}, which kp_lightning cannot load")
-    return cls.from_pretrained(path, use_safetensors=True, **kwargs)
+    try:
+        return cls.from_pretrained(path, use_safetensors=True, **kwargs)
+    except LegacyCompactModelError as err:
+        raise ExportError(f"{path}: {err}") from None

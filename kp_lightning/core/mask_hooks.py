@@ -8,8 +8,10 @@ Where each mask acts (the same semantics :func:`compact` reproduces with smaller
 * sublayer scale and hidden mask: scale the output projection's output (bias included);
 * hidden mask: every residual-stream LayerNorm normalises over the non-zero dims only and its output is scaled
   by the mask, so pruned dims stay exactly zero; the MLM transform LayerNorm also normalises over kept dims;
-* a removed sublayer (scale 0 or no unit left) outputs zeros and its LayerNorm passes its input through,
-  which makes the sublayer the identity.
+* nothing special happens to a removed sublayer (scale 0 or no unit left): the output projection then
+  returns its bias times the scale, so a post-LayerNorm sublayer computes ``LN(x + s·b)``, which is what a
+  compacted model keeps of it (:class:`~kp_lightning.compact_model.modeling_kp.RemovedProjection`).
+  Hooks are attached to the output projections and LayerNorms of already-removed sublayers too.
 """
 
 from __future__ import annotations
@@ -78,14 +80,12 @@ def attach_masks(model: nn.Module, masks: StructuralMasks) -> MaskHandle:
     handle = MaskHandle(masks)
     for view in adapter.layers:
         i = view.index
-        if view.has_attention:
-            handle.add(view.attention_out.register_forward_pre_hook(_head_scale(masks, i, view.head_size)))
-            handle.add(view.attention_out.register_forward_hook(_output_scale(masks, i, "attention")))
-            handle.add(view.attention_norm.register_forward_hook(_sublayer_norm(masks, i, "attention")))
-        if view.has_ffn:
-            handle.add(view.ffn_down.register_forward_pre_hook(_neuron_scale(masks, i)))
-            handle.add(view.ffn_down.register_forward_hook(_output_scale(masks, i, "ffn")))
-            handle.add(view.ffn_norm.register_forward_hook(_sublayer_norm(masks, i, "ffn")))
+        handle.add(view.attention_out.register_forward_pre_hook(_head_scale(masks, i, view.head_size)))
+        handle.add(view.attention_out.register_forward_hook(_output_scale(masks, i, "attention")))
+        handle.add(view.attention_norm.register_forward_hook(_sublayer_norm(masks)))
+        handle.add(view.ffn_down.register_forward_pre_hook(_neuron_scale(masks, i)))
+        handle.add(view.ffn_down.register_forward_hook(_output_scale(masks, i, "ffn")))
+        handle.add(view.ffn_norm.register_forward_hook(_sublayer_norm(masks)))
     handle.add(adapter.embedding_norm.register_forward_hook(_stream_norm(masks, scale=True)))
     if adapter.head.lm_norm:
         handle.add(
@@ -114,14 +114,8 @@ def _neuron_scale(masks: StructuralMasks, layer: int) -> Callable:
     return hook
 
 
-def _removed(masks: StructuralMasks, layer: int, kind: str) -> bool:
-    return masks.attention_removed(layer) if kind == "attention" else masks.ffn_removed(layer)
-
-
 def _output_scale(masks: StructuralMasks, layer: int, kind: str) -> Callable:
     def hook(module, args, output):
-        if _removed(masks, layer, kind):
-            return torch.zeros_like(output)
         scale = getattr(masks, kind)[layer]
         hidden = masks.hidden
         if _all_ones(hidden) and bool(scale == 1):
@@ -131,10 +125,8 @@ def _output_scale(masks: StructuralMasks, layer: int, kind: str) -> Callable:
     return hook
 
 
-def _sublayer_norm(masks: StructuralMasks, layer: int, kind: str) -> Callable:
+def _sublayer_norm(masks: StructuralMasks) -> Callable:
     def hook(module, args, output):
-        if _removed(masks, layer, kind):
-            return args[0]
         if _all_ones(masks.hidden):
             return None
         return masked_layer_norm(module, args[0], masks.hidden.to(args[0].dtype), scale=True)

@@ -15,8 +15,8 @@ class StructuralMasks:
     """Multiplicative masks over the prunable units of an encoder.
 
     Values may be 0/1 or real-valued scales (CoFi gates, Kwon mask tuning). A sublayer whose scale is 0, or all
-    of whose units are 0, is removed (the identity). Hooks read these tensors at every forward, so a training
-    method may replace them between steps.
+    of whose units are 0, is removed: a post-LayerNorm sublayer then computes ``LN(x + s·b)``. Hooks read these
+    tensors at every forward, so a training method may replace them between steps.
 
     Attributes:
         head: Per layer, one value per attention head (scales the head's context vector).

@@ -19,7 +19,7 @@ class StructureError(ValueError):
 class EncoderStructure:
     """Kept units of an encoder whose sizes are ``shape``.
 
-    A sublayer with no kept unit is removed: it becomes the identity (no bias, no LayerNorm).
+    A sublayer with no kept unit is removed: it keeps only its output bias and LayerNorm, ``LN(x + b)``.
 
     Attributes:
         shape: Sizes of the model this record refers to.
