@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Literal
 
@@ -17,8 +18,9 @@ from kp_lightning.core.structure import EncoderStructure
 from kp_lightning.modules.model_loading import STRUCTURE_STATE_KEY, accepted_inputs
 from kp_lightning.pruning import KPruneConfig, KwonConfig, PruneError, PruneResult, kprune, kwon_prune
 from kp_lightning.pruning.pruning_run import check_reduction, check_task_kind
+from kp_lightning.pruning.reference_protocol import task_avg_length
 from kp_lightning.pruning.sample_set import SampleSet
-from kp_lightning.pruning.sampling import draw_sample_batches
+from kp_lightning.pruning.sampling import check_sample_draw, collate_sample_batches, draw_sample_indices
 
 
 class KPrune(pl.Callback):
@@ -36,12 +38,21 @@ class KPrune(pl.Callback):
         num_tokens: Tokens of training examples in the sample set (K-prune's default 100K).
         batch_size: Sample batch size.
         seed: Seed of the sample draw.
+        sample_draw: ``"ours"``: distinct random examples up to ``num_tokens`` real tokens, FLOPs model at the
+            sample's mean length. ``"reference"``: the reference code's protocol, to reproduce published numbers:
+            ``min(int(num_tokens / L), len(train))`` examples drawn WITH replacement
+            (``np.random.RandomState(seed).choice``) and the FLOPs model at ``L``, the task's fixed dev-set average
+            length (``kp_lightning/pruning/reference_protocol.py``; other tasks are refused unless
+            ``reference_avg_length`` is given).
+        reference_avg_length: ``"reference"`` only: ``L`` for a task not in the table (or to replace its value).
+        num_samples: ``"reference"`` only: draw exactly this many examples instead (Kwon et al. use 2048).
         temperature: K-prune softmax temperature.
         lambda_pred: K-prune weight of predictive knowledge.
         lambda_rep: K-prune weight of representational knowledge.
         mu: K-prune head-score multiplier.
         weight_tuning: K-prune least-squares weight tuning (KPWT), or Kwon mask tuning.
-        seq_len: Sequence length of the FLOPs model (default: mean length of the sample set).
+        seq_len: Sequence length of the FLOPs model (default: mean length of the sample set, or ``L`` with
+            ``sample_draw="reference"``).
         allow_untrained_head: Prune even if the task head was newly initialised when the model was loaded.
         progress: Show per-sublayer progress bars.
     """
@@ -53,6 +64,9 @@ class KPrune(pl.Callback):
         num_tokens: int = 100_000,
         batch_size: int = 32,
         seed: int = 0,
+        sample_draw: Literal["ours", "reference"] = "ours",
+        reference_avg_length: float | None = None,
+        num_samples: int | None = None,
         temperature: float = 2.0,
         lambda_pred: float = 1.0,
         lambda_rep: float = 2.5e-4,
@@ -67,10 +81,24 @@ class KPrune(pl.Callback):
             raise PruneError(f"method must be 'kprune' or 'kwon', got {method!r}")
         if num_tokens < 1 or batch_size < 1:
             raise PruneError("num_tokens and batch_size must be positive")
+        check_sample_draw(sample_draw)
+        if sample_draw == "ours" and (reference_avg_length is not None or num_samples is not None):
+            raise PruneError(
+                "reference_avg_length and num_samples apply to sample_draw: reference; sample_draw: ours draws "
+                "num_tokens real tokens (set seq_len for the FLOPs model's length)"
+            )
+        if reference_avg_length is not None:
+            reference_avg_length = task_avg_length(None, reference_avg_length)  # refuses a non-positive one
+        if num_samples is not None and num_samples < 1:
+            raise PruneError(f"num_samples must be positive, got {num_samples}")
         self.method = method
         self.num_tokens = num_tokens
         self.batch_size = batch_size
         self.seed = seed
+        self.sample_draw = sample_draw
+        self.reference_avg_length = reference_avg_length
+        self.num_samples = num_samples
+        self.avg_length: float | None = None  # the reference average length used (set in setup)
         self.allow_untrained_head = allow_untrained_head
         self.progress = progress
         if method == "kprune":
@@ -102,10 +130,13 @@ class KPrune(pl.Callback):
             _replace_model(pl_module, compact(pl_module.model, restored))
             rank_zero_info(f"KPrune: rebuilt the pruned structure recorded in {trainer.ckpt_path} (not pruning again)")
             return
+        config = self._config_for_task(_task_name(trainer, pl_module))  # refuses an unknown task before any work
         self._check_inputs(trainer, pl_module)
         dataset = trainer.datamodule.datasets["train"]
-        collate = trainer.datamodule.train_collator()
-        batches = draw_sample_batches(dataset, collate, self.num_tokens, self.batch_size, self.seed)
+        indices = draw_sample_indices(
+            dataset, self.num_tokens, self.seed, self.sample_draw, self.avg_length, self.num_samples
+        )
+        batches = collate_sample_batches(dataset, trainer.datamodule.train_collator(), indices, self.batch_size)
         device = trainer.strategy.root_device
         model = pl_module.model
         was_training = model.training
@@ -114,12 +145,36 @@ class KPrune(pl.Callback):
         samples = SampleSet(batches, device, accepted_inputs(model))
         run = kprune if self.method == "kprune" else kwon_prune
         tick = time.perf_counter()
-        self.result = run(model, samples, pl_module.task.kind, self.config, progress=self.progress)
+        self.result = run(model, samples, pl_module.task.kind, config, progress=self.progress)
         self.result.seconds["callback_total"] = time.perf_counter() - tick
+        self.result.stats.update(  # num_samples (from the sample set) counts duplicates
+            sample_draw=self.sample_draw, reference_avg_length=self.avg_length, num_distinct_samples=len(set(indices))
+        )
         self.structure = self.result.structure
         pruned = self.result.model.train(was_training).requires_grad_(True)  # trainable for a following fit
         _replace_model(pl_module, pruned)
         self._log(trainer)
+
+    def draw_settings(self) -> dict:
+        """The sample-draw options as given, for reports and logs."""
+        return {
+            "num_tokens": self.num_tokens,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "sample_draw": self.sample_draw,
+            "reference_avg_length": self.reference_avg_length,
+            "num_samples": self.num_samples,
+        }
+
+    def _config_for_task(self, task_name: str | None) -> KPruneConfig | KwonConfig:
+        """The method config for this run: with ``sample_draw="reference"`` and no ``seq_len``, the FLOPs model
+        runs at the task's reference average length (resolved here, so an unknown task is refused first)."""
+        if self.sample_draw != "reference":
+            return self.config
+        self.avg_length = task_avg_length(task_name, self.reference_avg_length)
+        if self.config.seq_len is not None:
+            return self.config
+        return dataclasses.replace(self.config, seq_len=self.avg_length)
 
     def _check_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Refuse what would waste the run: untrained head, wrong task kind, mismatched tokenizer, no data."""
@@ -175,7 +230,8 @@ class KPrune(pl.Callback):
         }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=0)
-            logger.log_hyperparams({"pruning": {"method": self.method, **vars(self.config)}})
+            pruning = {"method": self.method, **self.draw_settings(), **vars(self.config)}
+            logger.log_hyperparams({"pruning": pruning})
 
     def state_dict(self) -> dict:
         return {STRUCTURE_STATE_KEY: self.structure.to_dict() if self.structure is not None else None}
@@ -186,3 +242,10 @@ class KPrune(pl.Callback):
 
 def _replace_model(pl_module: pl.LightningModule, model: torch.nn.Module) -> None:
     pl_module.model = model
+
+
+def _task_name(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
+    """The data module's task name (``TaskSpec.name``, e.g. ``"sst2"``), else the LightningModule's."""
+    spec = getattr(trainer.datamodule, "task_spec", None)
+    task = spec if spec is not None else getattr(pl_module, "task", None)
+    return getattr(task, "name", None)

@@ -77,7 +77,7 @@ def _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, ou
         "phase_seconds": result.seconds,
         "latency_speedup": speedup,
         "latency": latency,
-        "pruner_config": {"method": pruner.method, "num_tokens": pruner.num_tokens, **vars(pruner.config)},
+        "pruner_config": {"method": pruner.method, **pruner.draw_settings(), **vars(pruner.config)},
         "sample_set": result.stats,
         "notes": result.notes,
     }

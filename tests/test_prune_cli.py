@@ -89,6 +89,7 @@ def test_prune_writes_a_complete_export_whose_metric_reproduces(setup, tmp_path,
                       "--data", "GlueDataModule", "--data.init_args.task", "sst2",
                       "--data.init_args.data_dir", str(glue), "--data.init_args.cache_dir", str(root / "cache"),
                       "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+                      "--trainer.default_root_dir", str(root / "validate"),
                       "--trainer.enable_progress_bar", "false"])  # fmt: skip
     assert float(cli.trainer.callback_metrics["val/accuracy"]) == pytest.approx(report["metric_compressed"])
     metrics = (next((tmp_path / "logs").rglob("metrics.csv"))).read_text()
