@@ -103,7 +103,7 @@ def test_bad_input_stops_before_any_output(setup, tmp_path):
     (busy / "keep.txt").write_text("mine")
     with pytest.raises(ExportError, match="exists and is not empty"):
         prune_main([*common, "--pruner.flops_reduction", "0.5", "--output_dir", str(busy),
-                    "--trainer.logger", "false"])  # fmt: skip
+                    "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "logs")])  # fmt: skip
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
     with pytest.raises((PruneError, SystemExit)):
         prune_main([*common, "--pruner.flops_reduction", "1.5", "--output_dir", str(tmp_path / "a")])

@@ -6,6 +6,10 @@ heads, or no neurons) computes ``LN(x + b)``: what the stock sublayer computes w
 projection weights are gone, the output projection's (folded) bias ``b`` stays as a constant and its
 LayerNorm stays. ``kp_structure["removed_sublayer"]`` records this; exports written before it existed
 (removed sublayers were the identity) are refused with a message.
+
+Speed: each kept attention core runs :class:`FusedQKVForward` (one Q/K/V GEMM, then the stock attention kernel,
+sdpa unless eager was asked for); a removed sublayer costs its ``x + b`` and LayerNorm only. Module names and
+state-dict keys are the stock ones.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import transformers
 from torch import nn
 
 from .configuration_kp import COMPACT_CONFIG_CLASSES
+from .fused_attention import FusedQKVForward
 from .layouts import LAYOUTS, EncoderLayout
 
 REMOVED_SUBLAYER = "bias_and_norm"
@@ -47,7 +52,11 @@ class RemovedProjection(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bias.expand(*x.shape[:-1], self.out_features).clone()  # a real tensor, like a Linear's output
+        # A broadcast view, not a copy (consumers, dropout, ``x + b`` and mask hooks, work out of place). Without
+        # grad mode it is taken of a detached bias: a view of a leaf made there would claim requires_grad with no
+        # grad_fn, which autograd hooks on module outputs (torch's ModuleTracker) reject.
+        bias = self.bias if torch.is_grad_enabled() else self.bias.detach()
+        return bias.expand(*x.shape[:-1], self.out_features)
 
 
 class RemovedMHA(nn.Module):
@@ -97,6 +106,40 @@ def task_of(model: nn.Module, layout: EncoderLayout) -> str:
         if name.startswith(layout.class_prefix) and name[len(layout.class_prefix) :] in layout.heads:
             return name[len(layout.class_prefix) :]
     raise ValueError(f"{type(model).__name__} is not a supported {layout.class_prefix} class")
+
+
+def _relative(path: str, prefix: str) -> str:
+    if not path.startswith(prefix + "."):
+        raise ValueError(f"{path!r} is not inside {prefix!r}")
+    return path[len(prefix) + 1 :]
+
+
+def install_fused_qkv(model: nn.Module, layout: EncoderLayout) -> int:
+    """Give every kept attention core of ``model`` a :class:`FusedQKVForward`; returns how many got one.
+
+    A core that already has an instance-level ``forward``, or whose stock code is not the expected one, is
+    left alone.
+    """
+    names = tuple(_relative(path, layout.attention_core) for path in (layout.query, layout.key, layout.value))
+    output_name = _relative(layout.attention_out, layout.attention_core) if attention_out_inside_core(layout) else None
+    installed = 0
+    for layer in get_module(base_model_of(model, layout), layout.layers):
+        core = get_module(layer, layout.attention_core)
+        if isinstance(core, RemovedMHA) or "forward" in core.__dict__ or not FusedQKVForward.supports(core):
+            continue
+        core.forward = FusedQKVForward(core, names, output_name)
+        installed += 1
+    return installed
+
+
+def remove_fused_qkv(model: nn.Module) -> int:
+    """Put the stock forward back on every attention core of ``model``; returns how many were changed."""
+    removed = 0
+    for module in model.modules():
+        if isinstance(module.__dict__.get("forward"), FusedQKVForward):
+            del module.__dict__["forward"]
+            removed += 1
+    return removed
 
 
 def _sized_linear(old: nn.Module, in_features: int, out_features: int) -> nn.Linear:
@@ -196,6 +239,7 @@ def _compact_model_class(layout: EncoderLayout, task: str) -> type:
     def __init__(self, config, *args, **kwargs):
         base_cls.__init__(self, config, *args, **kwargs)
         resize_to_structure(self, layout, config.kp_structure)
+        install_fused_qkv(self, layout)
         self.post_init()
 
     name = "KP" + base_cls.__name__

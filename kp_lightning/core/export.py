@@ -13,7 +13,7 @@ import torch
 import transformers
 from torch import nn
 
-from ..compact_model import configuration_kp, layouts, modeling_kp
+from ..compact_model import configuration_kp, fused_attention, layouts, modeling_kp
 from ..compact_model.modeling_kp import COMPACT_MODEL_CLASSES, LegacyCompactModelError
 from ..compact_model.registration import auto_map
 from .adapter import EncoderAdapter
@@ -23,7 +23,7 @@ from .model_card import render_model_card
 from .report import compression_report
 from .structure import EncoderStructure
 
-REMOTE_CODE_FILES = (configuration_kp.__file__, modeling_kp.__file__, layouts.__file__)
+REMOTE_CODE_FILES = (configuration_kp.__file__, modeling_kp.__file__, layouts.__file__, fused_attention.__file__)
 REPORT_FILE = "compression_report.json"
 
 
