@@ -156,22 +156,26 @@ def _sized_embedding(old: nn.Embedding, dim: int) -> nn.Embedding:
     return nn.Embedding(old.num_embeddings, dim, padding_idx=old.padding_idx, device=ref.device, dtype=ref.dtype)
 
 
-def remove_attention(layer: nn.Module, layout: EncoderLayout, hidden: int, norm: nn.LayerNorm) -> None:
-    """Replace a layer's attention sublayer by ``LN(x + b)``: no Q/K/V, a constant output bias, its LayerNorm."""
+def _removed_projection(layer: nn.Module, norm_path: str, hidden: int) -> RemovedProjection:
+    ref = get_module(layer, norm_path).weight
+    return RemovedProjection(hidden, device=ref.device, dtype=ref.dtype)
+
+
+def remove_attention(layer: nn.Module, layout: EncoderLayout, hidden: int) -> None:
+    """Replace a layer's attention sublayer by ``LN(x + b)``: no Q/K/V, a constant output bias (the LayerNorm stays)."""
     inside = attention_out_inside_core(layout)
-    name = layout.attention_out[len(layout.attention_core) + 1 :] if inside else None
-    set_module(layer, layout.attention_core, RemovedMHA(name))
-    ref = norm.weight
-    set_module(layer, layout.attention_out, RemovedProjection(hidden, device=ref.device, dtype=ref.dtype))
-    set_module(layer, layout.attention_norm, norm)
+    set_module(
+        layer,
+        layout.attention_core,
+        RemovedMHA(_relative(layout.attention_out, layout.attention_core) if inside else None),
+    )
+    set_module(layer, layout.attention_out, _removed_projection(layer, layout.attention_norm, hidden))
 
 
-def remove_ffn(layer: nn.Module, layout: EncoderLayout, hidden: int, norm: nn.LayerNorm) -> None:
-    """Replace a layer's FFN sublayer by ``LN(x + b)``: no up projection, a constant output bias, its LayerNorm."""
-    ref = norm.weight
+def remove_ffn(layer: nn.Module, layout: EncoderLayout, hidden: int) -> None:
+    """Replace a layer's FFN sublayer by ``LN(x + b)``: no up projection, a constant output bias (LayerNorm stays)."""
     set_module(layer, layout.ffn_up, ZeroLinear(0))
-    set_module(layer, layout.ffn_down, RemovedProjection(hidden, device=ref.device, dtype=ref.dtype))
-    set_module(layer, layout.ffn_norm, norm)
+    set_module(layer, layout.ffn_down, _removed_projection(layer, layout.ffn_norm, hidden))
 
 
 def check_removed_sublayer_semantics(structure: dict) -> None:
@@ -203,20 +207,20 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
     layers = get_module(base, layout.layers)
     for layer, heads, neurons in zip(layers, structure["heads"], structure["intermediate"], strict=True):
         if heads == 0:
-            remove_attention(layer, layout, hidden, _sized_norm(get_module(layer, layout.attention_norm), hidden))
+            remove_attention(layer, layout, hidden)
         else:
             width = heads * head_size
             for path in (layout.query, layout.key, layout.value):
                 set_module(layer, path, _sized_linear(get_module(layer, path), hidden, width))
             out = get_module(layer, layout.attention_out)
             set_module(layer, layout.attention_out, _sized_linear(out, width, hidden))
-            set_module(layer, layout.attention_norm, _sized_norm(get_module(layer, layout.attention_norm), hidden))
+        set_module(layer, layout.attention_norm, _sized_norm(get_module(layer, layout.attention_norm), hidden))
         if neurons == 0:
-            remove_ffn(layer, layout, hidden, _sized_norm(get_module(layer, layout.ffn_norm), hidden))
+            remove_ffn(layer, layout, hidden)
         else:
             set_module(layer, layout.ffn_up, _sized_linear(get_module(layer, layout.ffn_up), hidden, neurons))
             set_module(layer, layout.ffn_down, _sized_linear(get_module(layer, layout.ffn_down), neurons, hidden))
-            set_module(layer, layout.ffn_norm, _sized_norm(get_module(layer, layout.ffn_norm), hidden))
+        set_module(layer, layout.ffn_norm, _sized_norm(get_module(layer, layout.ffn_norm), hidden))
     head = layout.heads[task_of(model, layout)]
     readers = [layout.pooler] if layout.pooler and getattr(base, "pooler", None) is not None else []
     for path in readers:

@@ -82,14 +82,12 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
     hid = _index(structure.hidden, device)
     hidden = masks.hidden
 
-    def put(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    def put(module: nn.Module, weight: torch.Tensor | None, bias: torch.Tensor | None = None) -> None:
         prefix = names[module] + "."
-        state[prefix + "weight"] = weight.contiguous()
+        if weight is not None:  # None: a removed sublayer's output projection, which keeps only its bias
+            state[prefix + "weight"] = weight.contiguous()
         if bias is not None:
             state[prefix + "bias"] = bias.contiguous()
-
-    def put_bias(module: nn.Module, bias: torch.Tensor) -> None:
-        state[names[module] + ".bias"] = bias.contiguous()
 
     def drop(module: nn.Module) -> None:
         prefix = names[module] + "."
@@ -115,7 +113,7 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
                 for module in (view.query, view.key, view.value):
                     drop(module)
             drop(out)
-            put_bias(out, out.bias[hid] * row_scale)
+            put(out, None, out.bias[hid] * row_scale)
         else:
             dims = _index([h * dh + j for h in heads for j in range(dh)], device)
             for proj in (view.query, view.key, view.value):
@@ -129,7 +127,7 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
         if not neurons:
             drop(up)
             drop(down)
-            put_bias(down, down.bias[hid] * row_scale)
+            put(down, None, down.bias[hid] * row_scale)
         else:
             kept = _index(neurons, device)
             put(up, up.weight[kept][:, hid], up.bias[kept])
