@@ -44,7 +44,7 @@ from kp_lightning.modules import TaskModule
 from kp_lightning.modules.model_loading import accepted_inputs
 from kp_lightning.pruning import KPruneConfig, KwonConfig, kprune, kwon_prune
 from kp_lightning.pruning.sample_set import SampleSet
-from kp_lightning.pruning.sampling import draw_sample_batches
+from kp_lightning.pruning.sampling import collate_sample_batches, draw_sample_batches
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -130,8 +130,7 @@ def sample_set(data, dense, task: str, method: str, seed: int, num_tokens: int, 
         batches = draw_sample_batches(train, data.train_collator(), num_tokens, batch_size, seed=seed)
     else:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:kwon_examples].tolist()
-        collate = data.train_collator()
-        batches = [collate([train[i] for i in order[s : s + batch_size]]) for s in range(0, len(order), batch_size)]
+        batches = collate_sample_batches(train, data.train_collator(), order, batch_size)
     return SampleSet(batches, "cpu", accepted_inputs(dense))
 
 
