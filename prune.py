@@ -1,21 +1,16 @@
-"""Retraining-free pruning: ``python prune.py -c <config.yaml>``; with no arguments, an offline demo.
+"""Retraining-free pruning: ``python prune.py -c <config.yaml>``; with no arguments, the offline demo.
 
-The demo builds a small encoder, trains it on a task generated in code, prunes it with K-prune and writes
-the export to ``outputs/demo/pruned`` (configs/demo.yaml).
+The same as the installed ``kp-lightning prune`` (and ``kp-lightning demo``). The demo builds a small
+encoder, trains it on a task generated in code, prunes it with K-prune and writes the export to
+``outputs/demo/pruned`` (configs/demo.yaml).
 """
 
 import sys
-from pathlib import Path
 
-from kp_lightning.prune_cli import main
-
-DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+from kp_lightning.commands import demo, prune
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if not args:
-        from kp_lightning.demo import prepare_demo
-
-        prepare_demo("outputs/demo")
-        args = ["--config", str(DEMO_CONFIG)]
-    main(args)
+    if sys.argv[1:]:
+        prune(sys.argv[1:], prog="prune.py")
+    else:
+        demo([], prog="prune.py")

@@ -1,6 +1,11 @@
-"""Fine-tune, distill and evaluate encoders: ``python train.py fit|validate|test -c <config.yaml>``."""
+"""Fine-tune, distill and evaluate encoders: ``python train.py fit|validate|test -c <config.yaml>``.
 
-from kp_lightning.cli import main
+The same as the installed ``kp-lightning train``.
+"""
+
+import sys
+
+from kp_lightning.commands import train
 
 if __name__ == "__main__":
-    main()
+    train(sys.argv[1:], prog="train.py")

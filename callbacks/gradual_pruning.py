@@ -6,6 +6,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.sparse_weights import SparseWeightsCallback
+from kp_lightning.errors import ConfigError
 from kp_lightning.sparsity import CubicSparsitySchedule, RewindingLinearSchedule
 
 
@@ -55,7 +56,7 @@ class GradualMagnitudePruning(SparseWeightsCallback):
         super().__init__(include, exclude, pattern, allocation, output_dir, overwrite, storage_values)
         fixed = self.pattern.fixed_sparsity
         if fixed is not None and abs(final_sparsity - fixed) > 1e-9:
-            raise ValueError(
+            raise ConfigError(
                 f"pattern {self.pattern_spec} means {fixed:.0%} sparsity: set final_sparsity to {fixed} "
                 f"(got {final_sparsity})"
             )
@@ -63,9 +64,10 @@ class GradualMagnitudePruning(SparseWeightsCallback):
         self.last_update: int | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
         total = int(trainer.estimated_stepping_batches)
         if self.schedule.ramp_end_step > total:
-            raise ValueError(
+            raise ConfigError(
                 f"GradualMagnitudePruning reaches its target at step {self.schedule.ramp_end_step}, but the run has "
                 f"only {total} optimizer steps: lower ramp_end_step or train longer."
             )
@@ -82,7 +84,7 @@ class GradualMagnitudePruning(SparseWeightsCallback):
         steps = getattr(pl_module, "lr_schedule_steps", None)
         configs = trainer.lr_scheduler_configs
         if steps is None or len(configs) != 1 or not hasattr(configs[0].scheduler, "lr_lambdas"):
-            raise ValueError("lr_rewinding needs the TaskModule's own warmup/linear-decay learning-rate schedule")
+            raise ConfigError("lr_rewinding needs the TaskModule's own warmup/linear-decay learning-rate schedule")
         scheduler = configs[0].scheduler
         s = self.schedule
         rewinding = RewindingLinearSchedule(steps[0], total, s.begin_step, s.ramp_end_step, s.frequency)

@@ -13,8 +13,10 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from callbacks.composition import check_composition, check_model_unchanged
 from kp_lightning.core.export import check_output_dir, staging_dir
 from kp_lightning.data.evaluation import evaluate_model
+from kp_lightning.errors import ConfigError
 from kp_lightning.modules.task_module import TaskModule
 from kp_lightning.quantization import (
     DEFAULT_NO_OUTPUT_QUANT,
@@ -24,7 +26,7 @@ from kp_lightning.quantization import (
     save_int8,
 )
 from kp_lightning.quantization.fake_quant import weight_qparams
-from kp_lightning.sparsity.storage import save_sparse
+from kp_lightning.sparsity.storage import check_storable, save_sparse
 
 QUANT_REPORT = "quantization_report.json"
 SPARSE_INT8_SUBDIR = "sparse_int8"
@@ -36,6 +38,11 @@ class QuantizationAwareTraining(pl.Callback):
     requantized except where they feed a residual, the value projection and the heads. Embeddings and LayerNorms
     stay float; gradients pass straight through. Ranges only move in training mode, so validation uses frozen
     ones. Installed in ``setup`` (before checkpoint restore: the ranges are part of the checkpoint).
+
+    The model may be stock or compact (a K-prune or CoFi export, ``KPBertFor...``): a compact model's removed
+    sublayers have no Linear layer to quantize, its Q/K/V run the stock (unfused) attention under fake quantization,
+    and its int8 directory carries the compact code. A model that could not be exported, CoFi in the same run, or
+    a KPrune listed after this callback are refused in ``setup``, before any training.
 
     At the end of ``fit`` the model is converted to a real int8 model (an ONNX file with int8 weights and the
     learned scales, run by ONNX Runtime's integer kernels on CPU; ``load_int8`` reloads it) and written to
@@ -66,9 +73,9 @@ class QuantizationAwareTraining(pl.Callback):
         storage_others: str = "float16",
     ):
         if storage_others not in ("float32", "float16", "int8"):
-            raise ValueError(f"storage_others must be float32, float16 or int8, got {storage_others!r}")
+            raise ConfigError(f"storage_others must be float32, float16 or int8, got {storage_others!r}")
         if not 0 < averaging_constant <= 1:
-            raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
+            raise ConfigError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
         self.exclude = list(exclude)
         self.no_output_quant = tuple(DEFAULT_NO_OUTPUT_QUANT if no_output_quant is None else no_output_quant)
         self.averaging_constant = averaging_constant
@@ -86,18 +93,20 @@ class QuantizationAwareTraining(pl.Callback):
         if stage != "fit" or self.quantizer is not None:
             return
         if not isinstance(pl_module, TaskModule):
-            raise ValueError(f"QuantizationAwareTraining works with kp_lightning's TaskModule, got {type(pl_module)}")
+            raise ConfigError(f"QuantizationAwareTraining works with kp_lightning's TaskModule, got {type(pl_module)}")
         if isinstance(trainer.strategy, FSDPStrategy):
-            raise ValueError("QuantizationAwareTraining runs on one device or under DDP, not FSDP.")
+            raise ConfigError("QuantizationAwareTraining runs on one device or under DDP, not FSDP.")
         missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"QuantizationAwareTraining ends with an ONNX Runtime int8 model but {', '.join(missing)} is not "
                 "installed: pip install 'kp_lightning[onnx]'"
             )
+        check_composition(self, trainer, "fake-quantized")
+        check_storable(pl_module.model)  # the sparse int8 copy is written at the end: refuse an unstorable model now
         names = self.names = default_quantized_linears(pl_module.model, self.exclude)
         if not names:
-            raise ValueError(f"no Linear layer is left to quantize with exclude={self.exclude}")
+            raise ConfigError(f"no Linear layer is left to quantize with exclude={self.exclude}")
         if trainer.is_global_zero:
             check_output_dir(self._output_dir(trainer), self.overwrite, hint="set the callback option overwrite: true")
         self.quantizer = FakeQuantizer(pl_module.model, names, self.no_output_quant, self.averaging_constant)
@@ -109,6 +118,9 @@ class QuantizationAwareTraining(pl.Callback):
 
     def _output_dir(self, trainer: pl.Trainer) -> Path:
         return Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "int8_model")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_model_unchanged(self, self.quantizer.model, pl_module)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._tick = time.perf_counter()

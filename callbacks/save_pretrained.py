@@ -12,6 +12,7 @@ import torch
 
 from kp_lightning.core.adapter import EncoderAdapter
 from kp_lightning.core.export import export_compact
+from kp_lightning.errors import ConfigError
 
 
 class SaveBestPretrained(pl.Callback):
@@ -29,7 +30,7 @@ class SaveBestPretrained(pl.Callback):
 
     def __init__(self, dirpath: str | None = None, monitor: str | None = None, mode: str = "max"):
         if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+            raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}.")
         self.dirpath = dirpath
         self.monitor = monitor
         self.mode = mode

@@ -9,10 +9,13 @@ import lightning.pytorch as pl
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from callbacks.composition import check_composition, check_model_unchanged
 from kp_lightning.core.export import check_output_dir
+from kp_lightning.errors import ConfigError
 from kp_lightning.modules.task_module import TaskModule
 from kp_lightning.sparsity import MaskedWeights, SparsityPattern, select_linear_names
 from kp_lightning.sparsity.sparse_export import write_sparse_model
+from kp_lightning.sparsity.storage import check_storable
 
 
 class SparseWeightsCallback(pl.Callback):
@@ -20,6 +23,8 @@ class SparseWeightsCallback(pl.Callback):
 
     Subclasses decide how the masks are made (``_prepare``/``on_train_batch_start``). Zeros stay hard: the
     gradients of pruned weights are zeroed before every optimizer step and the weights re-zeroed after it.
+    Compact models (K-prune or CoFi exports) work like stock ones: their kept Linear layers are sparsified and
+    both outputs carry the compact code (``trust_remote_code=True`` loads them without kp_lightning).
 
     Args:
         include: Regexes of the Linear layers to sparsify (default: the encoder layers' Q, K, V, attention
@@ -47,11 +52,11 @@ class SparseWeightsCallback(pl.Callback):
     ):
         self.pattern = SparsityPattern.parse(pattern)
         if allocation not in ("uniform", "global"):
-            raise ValueError(f"allocation must be 'uniform' or 'global', got {allocation!r}")
+            raise ConfigError(f"allocation must be 'uniform' or 'global', got {allocation!r}")
         if allocation == "global" and self.pattern.kind != "unstructured":
-            raise ValueError("allocation 'global' works with the unstructured pattern only; use 'uniform'")
+            raise ConfigError("allocation 'global' works with the unstructured pattern only; use 'uniform'")
         if storage_values not in (None, "float32", "float16"):
-            raise ValueError(f"storage_values must be float32, float16 or null, got {storage_values!r}")
+            raise ConfigError(f"storage_values must be float32, float16 or null, got {storage_values!r}")
         self.include = include
         self.exclude = list(exclude)
         self.allocation = allocation
@@ -59,6 +64,7 @@ class SparseWeightsCallback(pl.Callback):
         self.overwrite = overwrite
         self.storage_values = storage_values
         self.masked: MaskedWeights | None = None
+        self._model = None  # the model the masks were made for (set in setup)
         self.train_seconds = 0.0
         self._restored: dict | None = None
         self._tick: float | None = None
@@ -69,12 +75,16 @@ class SparseWeightsCallback(pl.Callback):
             return
         name = type(self).__name__
         if not isinstance(pl_module, TaskModule):
-            raise ValueError(f"{name} works with kp_lightning's TaskModule/DistillationModule, got {type(pl_module)}")
+            raise ConfigError(f"{name} works with kp_lightning's TaskModule/DistillationModule, got {type(pl_module)}")
         if isinstance(trainer.strategy, FSDPStrategy):
-            raise ValueError(f"{name} runs on one device or under DDP, not FSDP (its masks act on unsharded weights).")
+            raise ConfigError(f"{name} runs on one device or under DDP, not FSDP (its masks act on unsharded weights).")
+        check_composition(self, trainer, "masked")
         model = pl_module.model
+        if self.storage_values is not None:
+            check_storable(model)  # the sparse copy is written at the end: refuse an unstorable model now
         names = select_linear_names(model, self.include, self.exclude)
         self.masked = MaskedWeights(model, names, self.pattern, self.allocation)
+        self._model = model
         if trainer.is_global_zero:
             check_output_dir(self._output_dir(trainer), self.overwrite, hint=f"set the {name} option overwrite: true")
         self._prepare(trainer, pl_module)
@@ -94,6 +104,9 @@ class SparseWeightsCallback(pl.Callback):
         return Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "sparse_model")
 
     # ---- training --------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_model_unchanged(self, self._model, pl_module)
+
     def on_train_start(self, trainer, pl_module) -> None:
         self._tick = time.perf_counter()
 

@@ -16,6 +16,11 @@ import kp_lightning.modules  # noqa: F401  (--model TaskModule)
 class LoggedSaveConfigCallback(SaveConfigCallback):
     """Write ``config.yaml`` to the log dir and log the fully resolved config as hyperparameters (W&B, CSV...)."""
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not trainer.loggers and not (self.config.get("trainer") or {}).get("default_root_dir"):
+            self.save_to_log_dir = False  # no logger and no root dir: nothing goes into the working directory
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
         for logger in trainer.loggers:
@@ -44,8 +49,16 @@ class KPLightningCLI(LightningCLI):
             config.ckpt_path = None
 
 
+PARSER_KWARGS = {"default_env": False, "exit_on_error": False}  # errors reach kp_lightning.command_errors
+
+
 def build_cli(cli_class: type[KPLightningCLI], args: list[str] | None, run: bool) -> KPLightningCLI:
-    """Parse ``args`` (``None`` reads ``sys.argv``) into model, data and trainer; run the subcommand if ``run``."""
+    """Parse ``args`` (``None`` reads ``sys.argv``) into model, data and trainer; run the subcommand if ``run``.
+
+    Parse errors are raised (``jsonargparse.ArgumentError``), not printed with the whole usage: the commands
+    print them as one block (:mod:`kp_lightning.command_errors`).
+    """
+    subcommands = dict.fromkeys(cli_class.subcommands(), PARSER_KWARGS) if run else {}
     return cli_class(
         pl.LightningModule,
         pl.LightningDataModule,
@@ -53,7 +66,8 @@ def build_cli(cli_class: type[KPLightningCLI], args: list[str] | None, run: bool
         subclass_mode_data=True,
         save_config_callback=LoggedSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": False},
+        parser_kwargs={**PARSER_KWARGS, **subcommands},
+        seed_everything_default=0,  # what `true` resolves to without PL_GLOBAL_SEED, minus the warning
         args=args,
         run=run,
     )

@@ -34,6 +34,12 @@ class PruneCLI(KPLightningCLI):
             "--latency_seconds", type=float, default=2.0, help="Seconds per latency measurement; 0 skips it."
         )
 
+    def instantiate_classes(self) -> None:
+        """Check the pruner's arguments and the output directory before the model and data are loaded."""
+        KPrune(**self.config.pruner.as_dict())
+        check_output_dir(Path(self.config.output_dir), self.config.overwrite, hint="pass --overwrite true")
+        super().instantiate_classes()
+
 
 def run_pruning(cli: PruneCLI) -> dict:
     """Dense validation, pruning, pruned validation, export; returns the compression report (rank 0)."""

@@ -64,7 +64,7 @@ def test_print_config_shows_resolved_classes(capsys, monkeypatch):
 
 def test_unknown_task_fails_before_training(tmp_path, monkeypatch):
     model_dir = save_tiny_model(tmp_path / "model", "ForSequenceClassification")
-    with pytest.raises(ValueError, match="Unknown GLUE task 'sst3'"):
+    with pytest.raises(ValueError, match="unknown GLUE task 'sst3'"):
         main(["fit", *BASE, "--model.init_args.model_name_or_path", str(model_dir), "--data.init_args.task", "sst3",
               "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
     assert not (tmp_path / "lightning_logs").exists()

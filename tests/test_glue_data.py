@@ -70,7 +70,7 @@ def test_every_glue_task_has_a_consistent_spec():
 
 
 def test_unknown_task_is_rejected():
-    with pytest.raises(ValueError, match="Unknown GLUE task 'sst3'"):
+    with pytest.raises(ValueError, match="unknown GLUE task 'sst3'"):
         glue_task("sst3")
 
 

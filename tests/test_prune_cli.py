@@ -205,17 +205,6 @@ def test_kprune_then_fit_checkpoints_reload_and_resume(setup, tmp_path):
     assert sum(report["structure"]["heads_per_layer"]) <= sum(EncoderAdapter(pruned).shape().heads)
 
 
-@pytest.mark.slow
-def test_the_offline_demo_runs_with_no_arguments(tmp_path):
-    result = run_script("prune.py", [], tmp_path)
-    assert "val/accuracy: dense" in result.stdout and "measured CPU latency speedup" in result.stdout
-    assert "FLOPs per 62-token sequence" in result.stdout
-    report = json.loads((tmp_path / "outputs/demo/pruned/compression_report.json").read_text())
-    assert report["flops_reduction_actual"] == pytest.approx(0.6, abs=0.02)
-    assert report["metric_dense"] > 0.75  # the demo model learned its task, so pruning has something to lose
-    assert (tmp_path / "outputs/demo/pruned/structure.png").exists()
-
-
 @pytest.mark.gpu
 def test_fsdp_is_refused_with_a_way_forward(setup, tmp_path):
     if not torch.cuda.is_available():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from kp_lightning.core.structure import EncoderStructure
+from kp_lightning.errors import ConfigError
 
 from .model_size import structure_sparsity
 
@@ -21,10 +22,10 @@ def check_student(module) -> None:
         ValueError: saying what to change.
     """
     if module.task.kind not in SUPPORTED_KINDS:
-        raise ValueError(f"CoFi prunes task models ({', '.join(SUPPORTED_KINDS)}), not {module.task.kind!r} models")
+        raise ConfigError(f"CoFi prunes task models ({', '.join(SUPPORTED_KINDS)}), not {module.task.kind!r} models")
     fresh = getattr(module.teacher, "kp_newly_initialized", [])
     if fresh:
-        raise ValueError(
+        raise ConfigError(
             f"the teacher's task head was newly initialised when loading it for {module.task.name!r} "
             f"({', '.join(fresh[:3])}): the teacher must be fine-tuned on this task (train.py fit first)"
         )
@@ -32,7 +33,7 @@ def check_student(module) -> None:
     student_class = type(module.model).__name__
     for suffix in ("ForSequenceClassification", "ForQuestionAnswering") if teacher_arch else ():
         if teacher_arch.endswith(suffix) != student_class.endswith(suffix):
-            raise ValueError(
+            raise ConfigError(
                 f"the teacher was saved as {teacher_arch} but the student is a {student_class}: "
                 "use a teacher fine-tuned on the same task"
             )

@@ -9,6 +9,7 @@ from torch import nn
 
 from kp_lightning.core.adapter import EncoderShape
 from kp_lightning.core.masks import StructuralMasks
+from kp_lightning.errors import ConfigError
 
 from .hard_concrete import (
     LOG_ALPHA_MAX,
@@ -51,7 +52,7 @@ class CoFiGates(nn.Module):
         super().__init__()
         unknown = sorted(set(granularities) - set(GRANULARITIES))
         if unknown or not granularities:
-            raise ValueError(f"granularities must be a non-empty subset of {list(GRANULARITIES)}, got {granularities}")
+            raise ConfigError(f"granularities must be a non-empty subset of {list(GRANULARITIES)}, got {granularities}")
         self.shape = shape
         self.granularities = tuple(g for g in GRANULARITIES if g in granularities)
         self.temperature = temperature

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kp_lightning.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class SparsitySchedule:
@@ -24,9 +26,9 @@ class SparsitySchedule:
 
     def __post_init__(self) -> None:
         if not 0 < self.target < 1:
-            raise ValueError(f"the sparsity target must be in (0, 1), got {self.target}")
+            raise ConfigError(f"the sparsity target must be in (0, 1), got {self.target}")
         if self.start_step < 0 or self.warmup_steps < 0:
-            raise ValueError(f"start and warmup steps must be >= 0, got {self.start_step}, {self.warmup_steps}")
+            raise ConfigError(f"start and warmup steps must be >= 0, got {self.start_step}, {self.warmup_steps}")
 
     def pruning(self, step: int) -> bool:
         """Whether gates are active at ``step``."""

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from kp_lightning.errors import ConfigError
+
 MAPPINGS = ("ordered", "unordered")
 
 
@@ -27,7 +29,7 @@ def identity_transform(student_width: int, teacher_width: int, kept_dims: Sequen
     """``Linear(student_width → teacher_width)`` mapping student dim ``i`` to teacher dim ``kept_dims[i]``, bias 0."""
     kept = list(kept_dims) if kept_dims is not None else list(range(student_width))
     if len(kept) != student_width or (kept and max(kept) >= teacher_width):
-        raise ValueError(
+        raise ConfigError(
             f"cannot map a {student_width}-wide student onto a {teacher_width}-wide teacher with dims {kept[:8]}..."
         )
     transform = nn.Linear(student_width, teacher_width)

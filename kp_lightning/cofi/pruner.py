@@ -10,6 +10,7 @@ from kp_lightning.core.compaction import compact
 from kp_lightning.core.mask_hooks import MaskHandle, attach_masks
 from kp_lightning.core.masks import StructuralMasks
 from kp_lightning.core.structure import EncoderStructure
+from kp_lightning.errors import ConfigError
 
 from .gates import CoFiGates
 from .lagrangian import LagrangeMultipliers, SparsitySchedule
@@ -38,7 +39,7 @@ class CoFiPruner(nn.Module):
         shape = EncoderAdapter(model).shape()
         self.gates = gates if gates is not None else CoFiGates(shape, seed=seed)
         if self.gates.shape != shape:
-            raise ValueError(f"the gates were built for {self.gates.shape}, the model is {shape}")
+            raise ConfigError(f"the gates were built for {self.gates.shape}, the model is {shape}")
         self.multipliers = LagrangeMultipliers()
         self.schedule = schedule
         self.seed = seed

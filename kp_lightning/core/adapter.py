@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from kp_lightning.errors import KPError
+
 from ..compact_model.layouts import EncoderLayout, HeadLayout, layout_for_model_type, supported_classes
 from ..compact_model.modeling_kp import RemovedMHA, RemovedProjection, base_model_of, get_module, task_of
 
 
-class UnsupportedModelError(TypeError):
+class UnsupportedModelError(KPError, TypeError):
     """Raised for a model whose architecture is not in the layout table."""
 
 

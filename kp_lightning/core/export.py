@@ -13,7 +13,10 @@ import torch
 import transformers
 from torch import nn
 
+from kp_lightning.errors import KPError
+
 from ..compact_model import configuration_kp, fused_attention, layouts, modeling_kp
+from ..compact_model.layouts import layout_for_model_type
 from ..compact_model.modeling_kp import COMPACT_MODEL_CLASSES, LegacyCompactModelError
 from ..compact_model.registration import auto_map
 from .adapter import EncoderAdapter
@@ -27,8 +30,46 @@ REMOTE_CODE_FILES = (configuration_kp.__file__, modeling_kp.__file__, layouts.__
 REPORT_FILE = "compression_report.json"
 
 
-class ExportError(ValueError):
+class ExportError(KPError, ValueError):
     """Raised when a model cannot be exported the way that was asked."""
+
+
+def model_class(name: str | None) -> type | None:
+    """The class a config's ``architectures`` entry names: a kp_lightning compact class (``KPBertFor...``) or a
+    stock transformers class; ``None`` if it is neither."""
+    if not name:
+        return None
+    compact_classes = {cls.__name__: cls for cls in COMPACT_MODEL_CLASSES.values()}
+    cls = compact_classes.get(name) or getattr(transformers, name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, nn.Module) else None
+
+
+def is_compact_config(config) -> bool:
+    """Whether ``config`` describes a compact model (it records ``kp_structure`` for a known layout)."""
+    model_type = getattr(config, "model_type", "") or ""
+    return getattr(config, "kp_structure", None) is not None and layout_for_model_type(model_type) is not None
+
+
+def add_remote_code(directory: str | Path, config) -> bool:
+    """Make a directory whose ``config.json`` holds a compact config load without kp_lightning.
+
+    Copies the compact modeling code (:data:`REMOTE_CODE_FILES`) next to ``config.json`` and writes the ``auto_map``
+    that ``AutoConfig``/``AutoModelFor<Task>.from_pretrained(dir, trust_remote_code=True)`` follow (a compact model
+    built in memory by :func:`compact` has none). Does nothing for a stock config.
+
+    Returns:
+        Whether the directory holds a compact config (and now its code).
+    """
+    if not is_compact_config(config):
+        return False
+    directory = Path(directory)
+    config_file = directory / "config.json"
+    data = json.loads(config_file.read_text())
+    data["auto_map"] = auto_map(layout_for_model_type(config.model_type).model_type)
+    config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    for path in REMOTE_CODE_FILES:
+        shutil.copy(path, directory / Path(path).name)
+    return True
 
 
 def check_output_dir(path: Path, overwrite: bool, hint: str = "pass overwrite=True") -> None:
@@ -40,7 +81,7 @@ def check_output_dir(path: Path, overwrite: bool, hint: str = "pass overwrite=Tr
         hint: How the caller's user asks for overwriting (``--overwrite true``, ``overwrite: true``...).
     """
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise ExportError(f"output_dir {path} exists and is not empty: choose another one or {hint}")
+        raise ExportError(f"output_dir {path} exists and is not empty", fix=f"choose another one or {hint}")
 
 
 @contextmanager
@@ -176,8 +217,7 @@ def load_compressed(path: str | Path, **kwargs) -> nn.Module:
         raise ExportError(f"{path} is not an export: it needs config.json and model.safetensors")
     config = json.loads(config_file.read_text())
     architecture = (config.get("architectures") or [None])[0]
-    classes = {cls.__name__: cls for cls in COMPACT_MODEL_CLASSES.values()}
-    cls = classes.get(architecture) or getattr(transformers, architecture or "", None)
+    cls = model_class(architecture)
     if cls is None:
         raise ExportError(f"{config_file} names architecture {architecture!r}, which kp_lightning cannot load")
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kp_lightning.errors import ConfigError
+
 from .adapter import EncoderAdapter
 from .structure import EncoderStructure
 
@@ -20,7 +22,7 @@ def magnitude_structure(model: nn.Module, heads_kept: float, neurons_kept: float
     """
     for name, value in (("heads_kept", heads_kept), ("neurons_kept", neurons_kept)):
         if not 0 < value <= 1:
-            raise ValueError(f"{name} must be in (0, 1], got {value}")
+            raise ConfigError(f"{name} must be in (0, 1], got {value}")
     adapter = EncoderAdapter(model)
     heads, neurons = [], []
     for view in adapter.layers:

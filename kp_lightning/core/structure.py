@@ -6,12 +6,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from kp_lightning.errors import KPError
+
 from .adapter import EncoderShape
 
 FORMAT = "kp_lightning.structure/1"
 
 
-class StructureError(ValueError):
+class StructureError(KPError, ValueError):
     """Raised for a structure that is malformed or does not fit the model it is applied to."""
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from kp_lightning.errors import ConfigError, MissingFileError
+
 # HF tokenizers without a known limit report ``model_max_length = int(1e30)``; anything above this is "unknown".
 _UNKNOWN_MAX_LENGTH = 1_000_000
 MIN_BLOCK_SIZE = 8
@@ -33,15 +35,15 @@ def read_text_files(paths: list[str | Path]) -> datasets.Dataset:
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
-        raise ValueError("read_text_files needs at least one file path; got an empty list")
+        raise ConfigError("read_text_files needs at least one file path; got an empty list")
     lines: list[str] = []
     for path in map(Path, paths):
         if not path.is_file():
-            raise FileNotFoundError(f"Text file not found: {str(path)!r} (check the corpus path)")
+            raise MissingFileError(f"Text file not found: {str(path)!r} (check the corpus path)")
         with path.open(encoding="utf-8") as handle:
             lines.extend(stripped for line in handle if (stripped := line.strip()))
     if not lines:
-        raise ValueError(f"No non-blank line in {[str(p) for p in paths]}; the MLM corpus would be empty")
+        raise ConfigError(f"No non-blank line in {[str(p) for p in paths]}; the MLM corpus would be empty")
     return datasets.Dataset.from_dict({"text": lines})
 
 
@@ -81,7 +83,7 @@ def load_text_corpus(
         return read_text_files([source])
     dataset = datasets.load_dataset(source, hub_config, split=split)
     if text_column not in dataset.column_names:
-        raise ValueError(
+        raise ConfigError(
             f"Dataset {source!r} (config {hub_config!r}, split {split!r}) has no column {text_column!r}; "
             f"set text_column to one of {dataset.column_names}"
         )
@@ -92,7 +94,7 @@ def load_text_corpus(
         lambda batch: [bool(text and text.strip()) for text in batch["text"]], batched=True, desc="Drop blank rows"
     )
     if len(dataset) == 0:
-        raise ValueError(f"Dataset {source!r} (config {hub_config!r}, split {split!r}) has no non-blank text row")
+        raise ConfigError(f"Dataset {source!r} (config {hub_config!r}, split {split!r}) has no non-blank text row")
     return dataset
 
 
@@ -103,10 +105,10 @@ def check_block_size(tokenizer, block_size: int) -> None:
         ValueError: If ``block_size < 8`` or it exceeds a real (not "unknown") ``tokenizer.model_max_length``.
     """
     if not isinstance(block_size, int) or block_size < MIN_BLOCK_SIZE:
-        raise ValueError(f"block_size must be an int >= {MIN_BLOCK_SIZE} (CLS + SEP + content), got {block_size!r}")
+        raise ConfigError(f"block_size must be an int >= {MIN_BLOCK_SIZE} (CLS + SEP + content), got {block_size!r}")
     max_length = getattr(tokenizer, "model_max_length", None)
     if max_length is not None and max_length <= _UNKNOWN_MAX_LENGTH and block_size > max_length:
-        raise ValueError(
+        raise ConfigError(
             f"block_size={block_size} exceeds tokenizer.model_max_length={max_length}; "
             f"use block_size <= {max_length} (the model has no positions beyond it)"
         )
@@ -117,7 +119,7 @@ def _boundary_ids(tokenizer) -> tuple[int, int]:
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     if cls_id is None or sep_id is None:
-        raise ValueError(
+        raise ConfigError(
             f"{type(tokenizer).__name__} defines neither cls/sep nor bos/eos tokens; MLM blocks need both a start "
             "and an end token (use a BERT/RoBERTa-style tokenizer)"
         )
@@ -152,7 +154,7 @@ def tokenize_and_group(examples: dict[str, list], tokenizer, block_size: int) ->
             f"{type(tokenizer).__name__}. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
         )
     if "text" not in examples:
-        raise ValueError(f"tokenize_and_group expects a 'text' column, got columns {list(examples)}")
+        raise ConfigError(f"tokenize_and_group expects a 'text' column, got columns {list(examples)}")
     check_block_size(tokenizer, block_size)
     cls_id, sep_id = _boundary_ids(tokenizer)
     special_ids = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from kp_lightning.data.glue_tasks import GlueTask
+from kp_lightning.errors import KPError, MissingFileError
 
 
-class DataFormatError(ValueError):
+class DataFormatError(KPError, ValueError):
     """A data file does not have the expected layout; the message names the file, line and fix."""
 
 
@@ -45,7 +46,7 @@ def read_glue_tsv(path: str | Path, task: GlueTask, skip_malformed_rows: bool = 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"GLUE file {path} not found; expected the classic layout <data_dir>/{task.folder}/"
             f"{{{', '.join(task.tsv_files.values())}}}."
         )
@@ -76,8 +77,9 @@ def read_glue_tsv(path: str | Path, task: GlueTask, skip_malformed_rows: bool = 
                 skipped += 1
                 continue
             raise DataFormatError(
-                f"{path}, line {number}: expected {n_fields} tab-separated fields, found {len(fields)}. "
-                "Fix the row, or pass skip_malformed_rows=True to drop such rows."
+                f"{path}, line {number}: expected {n_fields} tab-separated fields, found {len(fields)}",
+                fix="fix the row, or set skip_malformed_rows: true (--data.init_args.skip_malformed_rows true) "
+                "to drop such rows",
             )
         for name, idx in zip(task.text_columns, text_idx, strict=True):
             columns[name].append(fields[idx])

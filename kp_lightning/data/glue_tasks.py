@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kp_lightning.data.task_spec import TaskSpec
+from kp_lightning.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -85,5 +86,5 @@ def glue_task(name: str) -> GlueTask:
     """Look up a GLUE task by name (case and dashes ignored: ``SST-2`` == ``sst2``)."""
     key = name.lower().replace("-", "").replace("_", "")
     if key not in GLUE_TASKS:
-        raise ValueError(f"Unknown GLUE task {name!r}; choose one of {sorted(GLUE_TASKS)}.")
+        raise ConfigError(f"unknown GLUE task {name!r}", fix=f"one of {', '.join(sorted(GLUE_TASKS))}")
     return GLUE_TASKS[key]

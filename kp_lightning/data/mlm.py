@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from kp_lightning.data.corpus import check_block_size, load_text_corpus, read_text_files, tokenize_and_group
+from kp_lightning.errors import ConfigError
 
 __all__ = [
     "MLMCollator",
@@ -30,12 +31,12 @@ IGNORE_INDEX = -100
 
 def _check_probabilities(mlm_probability: float, mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1):
     if not 0.0 < mlm_probability < 1.0:
-        raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability!r}")
+        raise ConfigError(f"mlm_probability must be in (0, 1), got {mlm_probability!r}")
     for name, value in (("mask_replace_prob", mask_replace_prob), ("random_replace_prob", random_replace_prob)):
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+            raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
     if mask_replace_prob + random_replace_prob > 1.0 + 1e-9:
-        raise ValueError(
+        raise ConfigError(
             f"mask_replace_prob + random_replace_prob must be <= 1 (the rest stays unchanged), got "
             f"{mask_replace_prob} + {random_replace_prob}"
         )
@@ -83,14 +84,14 @@ def mask_tokens(
     """
     _check_probabilities(mlm_probability, mask_replace_prob, random_replace_prob)
     if input_ids.dim() != 2 or input_ids.shape != special_tokens_mask.shape:
-        raise ValueError(
+        raise ConfigError(
             f"input_ids must be [B, L] and special_tokens_mask the same shape; got {tuple(input_ids.shape)} "
             f"and {tuple(special_tokens_mask.shape)}"
         )
     if word_ids is not None and word_ids.shape != input_ids.shape:
-        raise ValueError(f"word_ids shape {tuple(word_ids.shape)} must equal input_ids shape {tuple(input_ids.shape)}")
+        raise ConfigError(f"word_ids shape {tuple(word_ids.shape)} must equal input_ids shape {tuple(input_ids.shape)}")
     if vocab_size <= 0:
-        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+        raise ConfigError(f"vocab_size must be positive, got {vocab_size}")
     device = input_ids.device
     rand_device = generator.device if generator is not None else device
 
@@ -134,7 +135,7 @@ def _pad(rows: Sequence, value: int) -> torch.Tensor:
 def _require_ids(tokenizer, *names: str) -> None:
     missing = [name for name in names if getattr(tokenizer, name, None) is None]
     if missing:
-        raise ValueError(f"{type(tokenizer).__name__} has no {', '.join(missing)}; MLM needs mask and pad tokens")
+        raise ConfigError(f"{type(tokenizer).__name__} has no {', '.join(missing)}; MLM needs mask and pad tokens")
 
 
 def _special_mask(item: Mapping, special_ids: torch.Tensor) -> torch.Tensor:
@@ -194,9 +195,11 @@ class MLMCollator:
     def __call__(self, features: list[Mapping]) -> dict[str, torch.Tensor]:
         """Pad and mask a list of blocks into ``input_ids``, ``attention_mask`` and ``labels`` ([B, L] long)."""
         if not features:
-            raise ValueError("MLMCollator got an empty list of features")
+            raise ConfigError("MLMCollator got an empty list of features")
         if self.whole_word_mask and "word_ids" not in features[0]:
-            raise ValueError("whole_word_mask=True needs 'word_ids' in every item (keep the tokenize_and_group column)")
+            raise ConfigError(
+                "whole_word_mask=True needs 'word_ids' in every item (keep the tokenize_and_group column)"
+            )
         pad_id = self.tokenizer.pad_token_id
         input_ids = _pad([f["input_ids"] for f in features], pad_id)
         lengths = torch.tensor([len(f["input_ids"]) for f in features])
@@ -243,7 +246,7 @@ def fixed_masking(
     """
     _require_ids(tokenizer, "mask_token_id")
     if whole_word_mask and "word_ids" not in example:
-        raise ValueError("whole_word_mask=True needs a 'word_ids' column (keep the tokenize_and_group column)")
+        raise ConfigError("whole_word_mask=True needs a 'word_ids' column (keep the tokenize_and_group column)")
     input_ids = torch.as_tensor(example["input_ids"], dtype=torch.long).unsqueeze(0)
     special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
     if example.get("attention_mask") is not None:
@@ -279,9 +282,9 @@ class PaddingCollator:
     def __call__(self, features: list[Mapping]) -> dict[str, torch.Tensor]:
         """Pad a list of items into ``input_ids``, ``attention_mask`` and ``labels`` ([B, L] long)."""
         if not features:
-            raise ValueError("PaddingCollator got an empty list of features")
+            raise ConfigError("PaddingCollator got an empty list of features")
         if "labels" not in features[0]:
-            raise ValueError("PaddingCollator expects pre-masked items with 'labels' (map fixed_masking first)")
+            raise ConfigError("PaddingCollator expects pre-masked items with 'labels' (map fixed_masking first)")
         return {
             "input_ids": _pad([f["input_ids"] for f in features], self.pad_token_id),
             "attention_mask": _pad([f["attention_mask"] for f in features], 0),

@@ -19,25 +19,27 @@ from typing import Any
 
 import torch
 
+from kp_lightning.errors import ConfigError
+
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def _check_windowing(tokenizer: Any, questions: Sequence[str], max_length: int, doc_stride: int) -> None:
     """Raise `ValueError` unless `tokenizer` is fast and every question leaves more than `doc_stride` context tokens."""
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
+        raise ConfigError(
             f"SQuAD windowing needs offset mappings, which need a fast tokenizer; got {type(tokenizer).__name__}. "
             "Load a fast one, e.g. AutoTokenizer.from_pretrained(name, use_fast=True)."
         )
     if not 0 <= doc_stride < max_length:
-        raise ValueError(f"doc_stride must satisfy 0 <= doc_stride < max_length, got {doc_stride=} and {max_length=}.")
+        raise ConfigError(f"doc_stride must satisfy 0 <= doc_stride < max_length, got {doc_stride=} and {max_length=}.")
     if not questions:
         return
     specials = tokenizer.num_special_tokens_to_add(pair=True)
     longest = max(len(ids) for ids in tokenizer(list(questions), add_special_tokens=False)["input_ids"])
     room = max_length - specials - longest
     if room <= doc_stride:
-        raise ValueError(
+        raise ConfigError(
             f"max_length={max_length} leaves {room} context tokens per window after the longest question "
             f"({longest} tokens) and {specials} special tokens, but it must exceed doc_stride={doc_stride}; "
             "increase max_length, decrease doc_stride or shorten the questions."
@@ -162,25 +164,25 @@ def best_answer(
         `context[start_char:end_char]` of the best valid span, or `""` (no valid span, or predicted unanswerable).
     """
     if n_best < 1 or max_answer_length < 1:
-        raise ValueError(f"n_best and max_answer_length must be >= 1, got {n_best=} and {max_answer_length=}.")
+        raise ConfigError(f"n_best and max_answer_length must be >= 1, got {n_best=} and {max_answer_length=}.")
     start_logits = torch.as_tensor(start_logits).detach().float().cpu()
     end_logits = torch.as_tensor(end_logits).detach().float().cpu()
     if start_logits.dim() == 1:
         start_logits, end_logits = start_logits.unsqueeze(0), end_logits.unsqueeze(0)
     if start_logits.shape != end_logits.shape or start_logits.dim() != 2:
-        raise ValueError(
+        raise ConfigError(
             f"start_logits and end_logits must both be [n_windows, seq_len], got {tuple(start_logits.shape)} and "
             f"{tuple(end_logits.shape)}."
         )
     if len(offset_mapping) != start_logits.shape[0]:
-        raise ValueError(
+        raise ConfigError(
             f"offset_mapping has {len(offset_mapping)} windows but the logits have {start_logits.shape[0]}."
         )
     best_score, best_span, null_score = float("-inf"), None, float("inf")
     for window, raw_offsets in enumerate(offset_mapping):
         offsets = [_context_span(offset) for offset in raw_offsets]
         if len(offsets) > start_logits.shape[1]:
-            raise ValueError(
+            raise ConfigError(
                 f"Window {window} has {len(offsets)} tokens but the logits only {start_logits.shape[1]} positions."
             )
         starts = start_logits[window, : len(offsets)]
@@ -234,7 +236,7 @@ class _PaddingCollator:
 
     def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> None:
         if tokenizer.pad_token_id is None:
-            raise ValueError(f"{type(tokenizer).__name__} has no pad token; set tokenizer.pad_token before collating.")
+            raise ConfigError(f"{type(tokenizer).__name__} has no pad token; set tokenizer.pad_token before collating.")
         self.pad_values = {
             "input_ids": tokenizer.pad_token_id,
             "attention_mask": 0,
@@ -259,7 +261,7 @@ class SquadTrainCollator(_PaddingCollator):
 
     def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
-            raise ValueError("SquadTrainCollator got an empty batch.")
+            raise ConfigError("SquadTrainCollator got an empty batch.")
         batch = {
             key: self._pad([_as_list(f[key]) for f in features], key) for key in SEQUENCE_KEYS if key in features[0]
         }
@@ -278,10 +280,10 @@ class SquadEvalCollator(_PaddingCollator):
 
     def __call__(self, items: list[Mapping[str, Any]]) -> dict[str, Any]:
         if not items:
-            raise ValueError("SquadEvalCollator got an empty batch.")
+            raise ConfigError("SquadEvalCollator got an empty batch.")
         missing = [key for key in ("id", "context", "answers", "input_ids", "offset_mapping") if key not in items[0]]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"Eval items lack {missing} (they have {sorted(items[0])}); map prepare_eval_windows over the eval "
                 "set without removing the id/context/answers columns."
             )
@@ -318,5 +320,5 @@ def squad_metric_inputs(
     known = {row["id"] for row in target}
     unknown = [qid for qid, _ in predictions if qid not in known]
     if unknown:
-        raise ValueError(f"Predictions for ids not among the examples: {unknown[:5]} ({len(unknown)} in all).")
+        raise ConfigError(f"Predictions for ids not among the examples: {unknown[:5]} ({len(unknown)} in all).")
     return [{"prediction_text": text, "id": qid} for qid, text in predictions], target

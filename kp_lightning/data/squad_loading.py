@@ -16,6 +16,8 @@ from typing import Any
 
 import datasets
 
+from kp_lightning.errors import ConfigError, KPError
+
 DEFAULT_HUB_NAMES = {False: "rajpurkar/squad", True: "rajpurkar/squad_v2"}
 """Hub dataset used by `load_squad` when `source` is empty, keyed by `version_2`."""
 
@@ -35,7 +37,7 @@ SQUAD_FEATURES = datasets.Features(
 )
 
 
-class SquadFormatError(ValueError):
+class SquadFormatError(KPError, ValueError):
     """A SQuAD file is missing, unreadable or does not follow the official SQuAD JSON layout."""
 
 
@@ -186,11 +188,11 @@ def split_by_article(
         `(train, eval)`, each keeping the original row order.
     """
     if not 0.0 < eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction must lie strictly between 0 and 1, got {eval_fraction}.")
+        raise ConfigError(f"eval_fraction must lie strictly between 0 and 1, got {eval_fraction}.")
     titles = dataset["title"][:]
     articles = list(dict.fromkeys(titles))
     if len(articles) < 2:
-        raise ValueError(
+        raise ConfigError(
             f"split_by_article needs at least 2 articles (distinct titles), the dataset has {len(articles)}; "
             "use a larger dataset or a separate eval file."
         )

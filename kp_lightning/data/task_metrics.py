@@ -8,6 +8,7 @@ from torch import nn
 from torchmetrics import aggregation, classification, regression, text
 
 from kp_lightning.data.task_spec import TaskSpec
+from kp_lightning.errors import ConfigError
 
 
 def _metric(name: str, spec: TaskSpec) -> torchmetrics.Metric:
@@ -30,7 +31,7 @@ def _metric(name: str, spec: TaskSpec) -> torchmetrics.Metric:
             return regression.PearsonCorrCoef()
         if name == "spearman":
             return regression.SpearmanCorrCoef()
-    raise ValueError(f"Metric {name!r} is not available for {spec.kind} task {spec.name!r}.")
+    raise ConfigError(f"Metric {name!r} is not available for {spec.kind} task {spec.name!r}.")
 
 
 class TaskMetrics(nn.Module):

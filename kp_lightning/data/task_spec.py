@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from kp_lightning.errors import ConfigError
+
 TASK_KINDS = ("classification", "regression", "question_answering", "masked_lm")
 METRIC_NAMES = ("accuracy", "f1", "mcc", "pearson", "spearman", "exact_match", "perplexity")
 
@@ -32,20 +34,20 @@ class TaskSpec:
 
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
-            raise ValueError(f"Unknown task kind {self.kind!r} for task {self.name!r}; use one of {TASK_KINDS}.")
+            raise ConfigError(f"Unknown task kind {self.kind!r} for task {self.name!r}; use one of {TASK_KINDS}.")
         unknown = [m for m in self.metrics if m not in METRIC_NAMES]
         if unknown:
-            raise ValueError(f"Unknown metric(s) {unknown} for task {self.name!r}; known metrics: {METRIC_NAMES}.")
+            raise ConfigError(f"Unknown metric(s) {unknown} for task {self.name!r}; known metrics: {METRIC_NAMES}.")
         if self.kind == "classification" and self.num_labels < 2:
-            raise ValueError(f"Classification task {self.name!r} needs num_labels >= 2, got {self.num_labels}.")
+            raise ConfigError(f"Classification task {self.name!r} needs num_labels >= 2, got {self.num_labels}.")
         if self.kind == "regression" and self.num_labels != 1:
-            raise ValueError(f"Regression task {self.name!r} must have num_labels == 1, got {self.num_labels}.")
+            raise ConfigError(f"Regression task {self.name!r} must have num_labels == 1, got {self.num_labels}.")
         if self.label_names and len(self.label_names) != self.num_labels:
-            raise ValueError(
+            raise ConfigError(
                 f"Task {self.name!r} lists {len(self.label_names)} label names for {self.num_labels} labels."
             )
         if not self.eval_splits:
-            raise ValueError(f"Task {self.name!r} needs at least one evaluation split name.")
+            raise ConfigError(f"Task {self.name!r} needs at least one evaluation split name.")
 
     @property
     def main_metric(self) -> str:

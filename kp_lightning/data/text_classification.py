@@ -8,6 +8,7 @@ import datasets
 
 from kp_lightning.data.glue_files import DataFormatError, parse_label, read_glue_tsv
 from kp_lightning.data.glue_tasks import GlueTask
+from kp_lightning.errors import MissingFileError
 
 
 def load_glue_splits(
@@ -27,7 +28,7 @@ def load_glue_splits(
         root = Path(data_dir)
         folder = root / task.folder if (root / task.folder).is_dir() else root
         if not folder.is_dir():
-            raise FileNotFoundError(f"GLUE data_dir {root} does not exist.")
+            raise MissingFileError(f"GLUE data_dir {root} does not exist.")
         splits = {}
         for split, name in task.tsv_files.items():
             if (folder / name).is_file():
@@ -35,7 +36,7 @@ def load_glue_splits(
                 columns.pop("_skipped", None)
                 splits[split] = datasets.Dataset.from_dict(columns)
         if not splits:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"No GLUE {task.folder} files in {folder}; expected {sorted(task.tsv_files.values())}."
             )
         return datasets.DatasetDict(splits)
@@ -54,7 +55,7 @@ def load_labelled_files(
     """
     for split, file in data_files.items():
         if not Path(file).is_file():
-            raise FileNotFoundError(f"Data file for split {split!r} not found: {file}")
+            raise MissingFileError(f"Data file for split {split!r} not found: {file}")
     suffixes = {Path(f).suffix.lower() for f in data_files.values()}
     builder = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
     if len(suffixes) != 1 or next(iter(suffixes)) not in builder:

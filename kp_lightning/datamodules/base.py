@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader
 
 from kp_lightning.data.epoch_sampler import EpochShuffleSampler
 from kp_lightning.data.task_spec import TaskSpec
+from kp_lightning.errors import ConfigError
 from kp_lightning.modules.model_loading import tokenizer_source
+from kp_lightning.pretrained_loading import load_pretrained
 
 CACHE_FORMAT = 1
 
@@ -68,11 +70,11 @@ class EncoderDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         if tokenizer is None:
-            raise ValueError("No tokenizer given: set data.init_args.tokenizer (train.py links it to the model path).")
+            raise ConfigError("No tokenizer given: set data.init_args.tokenizer (train.py links it to the model path).")
         if max_length < 8:
-            raise ValueError(f"max_length must be at least 8, got {max_length}.")
+            raise ConfigError(f"max_length must be at least 8, got {max_length}.")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError("batch_size and eval_batch_size must be positive.")
+            raise ConfigError("batch_size and eval_batch_size must be positive.")
         self.tokenizer_name = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
@@ -80,7 +82,7 @@ class EncoderDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = default_cache_dir() if cache_dir == "auto" else cache_dir
         self.seed = seed
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_source(tokenizer))
+        self.tokenizer = load_pretrained(transformers.AutoTokenizer, tokenizer_source(tokenizer), "tokenizer")
         self.datasets: datasets.DatasetDict | None = None
 
     # ---- what subclasses provide -------------------------------------------------------------------
@@ -151,7 +153,7 @@ class EncoderDataModule(pl.LightningDataModule):
         if self.datasets is None:
             self.setup()
         if name not in self.datasets:
-            raise ValueError(
+            raise ConfigError(
                 f"The {self.task_spec.name} data has no {name!r} split (it has {list(self.datasets)}); "
                 "check the data files you configured."
             )

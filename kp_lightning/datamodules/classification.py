@@ -10,6 +10,7 @@ from kp_lightning.data.glue_tasks import glue_task
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.data.text_classification import load_glue_splits, load_labelled_files, tokenize_texts
 from kp_lightning.datamodules.base import EncoderDataModule, file_fingerprint
+from kp_lightning.errors import ConfigError, MissingFileError
 
 
 def _tokenize_splits(module: EncoderDataModule, raw: datasets.DatasetDict, text_columns: list[str]):
@@ -57,9 +58,13 @@ class GlueDataModule(EncoderDataModule):
     ):
         self.glue = glue_task(task)
         if data_dir is not None and not Path(data_dir).is_dir():
-            raise FileNotFoundError(f"GLUE data_dir {data_dir} does not exist.")
+            raise MissingFileError(
+                f"GLUE data_dir {data_dir} does not exist",
+                fix="point data_dir at the folder holding the task folders (SST-2/, MRPC/, ...), "
+                "or leave it unset to load the hub's GLUE",
+            )
         if (train_file or validation_file) and len(self.glue.eval_splits) > 1:
-            raise ValueError("MNLI has two evaluation splits; use data_dir or the hub instead of single files.")
+            raise ConfigError("MNLI has two evaluation splits; use data_dir or the hub instead of single files.")
         super().__init__(**kwargs)
         self.data_dir = data_dir
         self.data_files = {k: v for k, v in (("train", train_file), ("validation", validation_file)) if v}
@@ -114,7 +119,7 @@ class TextClassificationDataModule(EncoderDataModule):
         **kwargs,
     ):
         if not 1 <= len(text_columns) <= 2:
-            raise ValueError(f"text_columns must name one or two columns, got {text_columns}.")
+            raise ConfigError(f"text_columns must name one or two columns, got {text_columns}.")
         label_names = list(label_names or [])
         regression = not label_names
         self._spec = TaskSpec(
@@ -127,7 +132,7 @@ class TextClassificationDataModule(EncoderDataModule):
         self.data_files = {"train": train_file, "validation": validation_file}
         for split, file in self.data_files.items():
             if not Path(file).is_file():
-                raise FileNotFoundError(f"{split} file not found: {file}")
+                raise MissingFileError(f"{split} file not found: {file}")
         super().__init__(**kwargs)
         self.text_columns = list(text_columns)
         self.label_column = label_column

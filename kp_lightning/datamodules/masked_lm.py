@@ -14,6 +14,7 @@ from kp_lightning.data.mlm import (
 )
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.datamodules.base import EncoderDataModule, source_identity
+from kp_lightning.errors import ConfigError
 
 
 class MLMDataModule(EncoderDataModule):
@@ -47,11 +48,11 @@ class MLMDataModule(EncoderDataModule):
         **kwargs,
     ):
         if not 0 < mlm_probability < 1:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}.")
+            raise ConfigError(f"mlm_probability must be in (0, 1), got {mlm_probability}.")
         super().__init__(**kwargs)
         check_block_size(self.tokenizer, self.max_length)
         if self.tokenizer.mask_token_id is None:
-            raise ValueError(f"Tokenizer {self.tokenizer_name} has no mask token, so it cannot be used for MLM.")
+            raise ConfigError(f"Tokenizer {self.tokenizer_name} has no mask token, so it cannot be used for MLM.")
         self.sources = {"train": train_source, "validation": validation_source}
         self.hub_config = hub_config
         self.text_column = text_column

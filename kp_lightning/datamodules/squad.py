@@ -17,6 +17,7 @@ from kp_lightning.data.squad import (
 )
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.datamodules.base import EncoderDataModule, source_identity
+from kp_lightning.errors import ConfigError, MissingFileError
 
 
 class SquadDataModule(EncoderDataModule):
@@ -48,19 +49,19 @@ class SquadDataModule(EncoderDataModule):
     ):
         if eval_fraction is not None:
             if train_source is not None:
-                raise ValueError("eval_fraction splits validation_source into train/eval; do not set train_source.")
+                raise ConfigError("eval_fraction splits validation_source into train/eval; do not set train_source.")
             if validation_source is None:
-                raise ValueError("eval_fraction needs validation_source: the file to split by article.")
+                raise ConfigError("eval_fraction needs validation_source: the file to split by article.")
             if not 0 < eval_fraction < 1:
-                raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}.")
+                raise ConfigError(f"eval_fraction must be in (0, 1), got {eval_fraction}.")
         for source in (train_source, validation_source):
             if source and source.endswith((".json", ".zip")) and not Path(source).is_file():
-                raise FileNotFoundError(f"SQuAD file not found: {source}")
+                raise MissingFileError(f"SQuAD file not found: {source}")
         if doc_stride >= max_length:
-            raise ValueError(f"doc_stride ({doc_stride}) must be smaller than max_length ({max_length}).")
+            raise ConfigError(f"doc_stride ({doc_stride}) must be smaller than max_length ({max_length}).")
         super().__init__(max_length=max_length, **kwargs)
         if not self.tokenizer.is_fast:
-            raise ValueError(f"Tokenizer {self.tokenizer_name} is not a fast tokenizer; QA needs offset mappings.")
+            raise ConfigError(f"Tokenizer {self.tokenizer_name} is not a fast tokenizer; QA needs offset mappings.")
         hub = DEFAULT_HUB_NAMES[version_2]
         self.train_source = train_source or hub
         self.validation_source = validation_source or hub

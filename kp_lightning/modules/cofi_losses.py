@@ -10,6 +10,7 @@ import torch
 from kp_lightning.cofi import CoFiPruner, default_teacher_layers, identity_transform, layer_distillation_loss
 from kp_lightning.core.adapter import EncoderAdapter
 from kp_lightning.core.compaction import original_structure
+from kp_lightning.errors import ConfigError
 from kp_lightning.modules.extensions import LossTerm, StepContext
 
 
@@ -48,7 +49,7 @@ class DynamicLayerDistillation(LossTerm):
     ):
         super().__init__(weight=weight, needs_hidden_states=True)
         if mapping not in ("ordered", "unordered"):
-            raise ValueError(f"mapping must be 'ordered' or 'unordered', got {mapping!r}")
+            raise ConfigError(f"mapping must be 'ordered' or 'unordered', got {mapping!r}")
         self.teacher_layers = list(teacher_layers) if teacher_layers else None
         self.mapping = mapping
         self.transform: torch.nn.Linear | None = None
@@ -59,13 +60,13 @@ class DynamicLayerDistillation(LossTerm):
         """Build ``W`` from the student's and teacher's widths and check the teacher layers."""
         teacher = getattr(module, "teacher", None)
         if teacher is None:
-            raise ValueError("DynamicLayerDistillation needs a teacher: use it with DistillationModule.")
+            raise ConfigError("DynamicLayerDistillation needs a teacher: use it with DistillationModule.")
         num_teacher_layers = teacher.config.num_hidden_layers
         if self.teacher_layers is None:
             self.teacher_layers = default_teacher_layers(num_teacher_layers)
         bad = [t for t in self.teacher_layers if not 1 <= t <= num_teacher_layers]
         if bad:
-            raise ValueError(f"teacher_layers {bad} are outside the teacher's layers 1..{num_teacher_layers}")
+            raise ConfigError(f"teacher_layers {bad} are outside the teacher's layers 1..{num_teacher_layers}")
         if self.transform is not None:
             return
         adapter = EncoderAdapter(module.model)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kp_lightning.errors import ConfigError
+
 
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-row ``T² · KL(teacher ‖ student)`` at temperature ``T`` over the last dimension."""
@@ -32,4 +34,4 @@ def prediction_distillation_loss(kind: str, student, teacher, batch: dict, tempe
         per_token = soft_kl(student.logits, teacher.logits, temperature)
         mask = batch["attention_mask"].to(per_token.dtype)
         return (per_token * mask).sum() / mask.sum().clamp(min=1)
-    raise ValueError(f"No distillation loss for task kind {kind!r}.")
+    raise ConfigError(f"No distillation loss for task kind {kind!r}.")

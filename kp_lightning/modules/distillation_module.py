@@ -6,20 +6,22 @@ import torch
 import transformers
 
 from kp_lightning.data.task_spec import TaskSpec
+from kp_lightning.errors import ConfigError, KPError
 from kp_lightning.modules.distillation_losses import prediction_distillation_loss
 from kp_lightning.modules.extensions import StepContext
 from kp_lightning.modules.model_loading import accepted_inputs, load_task_model
 from kp_lightning.modules.task_module import TaskModule
+from kp_lightning.pretrained_loading import load_pretrained
 
 
-class TokenizerMismatchError(ValueError):
+class TokenizerMismatchError(KPError, ValueError):
     """Teacher and student tokenize differently, so their outputs cannot be compared token by token."""
 
 
 def check_same_tokenizer(student_path: str, teacher_path: str) -> None:
     """Raise ``TokenizerMismatchError`` if the two checkpoints' vocabularies differ."""
-    student = transformers.AutoTokenizer.from_pretrained(student_path)
-    teacher = transformers.AutoTokenizer.from_pretrained(teacher_path)
+    student = load_pretrained(transformers.AutoTokenizer, student_path, "tokenizer")
+    teacher = load_pretrained(transformers.AutoTokenizer, teacher_path, "teacher tokenizer")
     if student.get_vocab() != teacher.get_vocab():
         only_student = len(set(student.get_vocab()) - set(teacher.get_vocab()))
         raise TokenizerMismatchError(
@@ -58,15 +60,15 @@ class DistillationModule(TaskModule):
         **kwargs,
     ):
         if alpha_ce < 0 or alpha_kd < 0 or alpha_ce + alpha_kd == 0:
-            raise ValueError(f"alpha_ce and alpha_kd must be >= 0 and not both 0, got {alpha_ce}, {alpha_kd}.")
+            raise ConfigError(f"alpha_ce and alpha_kd must be >= 0 and not both 0, got {alpha_ce}, {alpha_kd}.")
         if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}.")
+            raise ConfigError(f"temperature must be positive, got {temperature}.")
         check_same_tokenizer(model_name_or_path, teacher_name_or_path)
         super().__init__(model_name_or_path, task_spec, **kwargs)
         teacher = load_task_model(teacher_name_or_path, self.task).eval().requires_grad_(False)
         student_out = getattr(self.model.config, "num_labels", None)
         if self.task.kind in ("classification", "regression") and teacher.config.num_labels != student_out:
-            raise ValueError(
+            raise ConfigError(
                 f"Teacher {teacher_name_or_path} predicts {teacher.config.num_labels} labels, the student "
                 f"{student_out}: distill from a teacher fine-tuned on {self.task.name!r}."
             )

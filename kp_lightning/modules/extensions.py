@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kp_lightning.errors import ConfigError
+
 
 @dataclass
 class StepContext:
@@ -82,7 +84,7 @@ class HiddenStateMSE(LossTerm):
         total = student[0].new_zeros(())
         for s, t in pairs:
             if student[s].shape[-1] != teacher[t].shape[-1]:
-                raise ValueError(
+                raise ConfigError(
                     f"HiddenStateMSE: student layer {s} has width {student[s].shape[-1]} but teacher layer {t} "
                     f"has {teacher[t].shape[-1]}; layerwise MSE needs equal widths."
                 )
@@ -127,14 +129,14 @@ class ExtensionRegistry(nn.Module):
         if not isinstance(term, LossTerm):
             raise TypeError(f"Loss term {name!r} must be a LossTerm (an nn.Module with forward(ctx)), got {term!r}.")
         if name in self.loss_terms:
-            raise ValueError(f"A loss term named {name!r} is already registered.")
+            raise ConfigError(f"A loss term named {name!r} is already registered.")
         self.loss_terms[name] = term
 
     def add_param_group(self, group: ParamGroup) -> None:
         if any(g.name == group.name for g in self.param_groups):
-            raise ValueError(f"A parameter group named {group.name!r} is already registered.")
+            raise ConfigError(f"A parameter group named {group.name!r} is already registered.")
         if not group.params:
-            raise ValueError(f"Parameter group {group.name!r} has no parameters.")
+            raise ConfigError(f"Parameter group {group.name!r} has no parameters.")
         self.param_groups.append(group)
 
     @property

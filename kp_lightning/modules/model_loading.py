@@ -13,6 +13,8 @@ from torch import nn
 from kp_lightning.core.compaction import compact
 from kp_lightning.core.structure import EncoderStructure
 from kp_lightning.data.task_spec import TaskSpec
+from kp_lightning.errors import ConfigError, MissingFileError, ModelLoadError
+from kp_lightning.pretrained_loading import load_pretrained
 
 AUTO_CLASSES = {
     "classification": transformers.AutoModelForSequenceClassification,
@@ -51,11 +53,12 @@ def load_task_model(name_or_path: str, spec: TaskSpec, ignore_mismatched_head: b
     """
     if is_lightning_checkpoint(name_or_path):
         return _load_lightning_checkpoint(name_or_path, spec)
-    config = transformers.AutoConfig.from_pretrained(name_or_path)
+    refuse_inference_only_export(name_or_path)
+    config = load_pretrained(transformers.AutoConfig, name_or_path)
     trained_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
     head_mismatch = trained_head and config.num_labels != spec.num_labels
     if spec.kind in ("classification", "regression") and head_mismatch and not ignore_mismatched_head:
-        raise ValueError(
+        raise ConfigError(
             f"{name_or_path} has a classification head with {config.num_labels} outputs but task "
             f"{spec.name!r} needs {spec.num_labels}. Use a matching model, or set "
             "ignore_mismatched_head: true to start from a new randomly initialised head."
@@ -63,9 +66,37 @@ def load_task_model(name_or_path: str, spec: TaskSpec, ignore_mismatched_head: b
     kwargs = _head_kwargs(spec)
     if ignore_mismatched_head:
         kwargs["ignore_mismatched_sizes"] = True
-    model, info = AUTO_CLASSES[spec.kind].from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    model, info = load_pretrained(AUTO_CLASSES[spec.kind], name_or_path, output_loading_info=True, **kwargs)
     model.kp_newly_initialized = sorted(info.get("missing_keys", []))
     return model
+
+
+def refuse_inference_only_export(name_or_path: str) -> None:
+    """Refuse a directory that holds no trainable weights: an int8 ONNX export, or a sparse storage copy.
+
+    Raises:
+        ModelLoadError: with the directory to train instead.
+    """
+    from kp_lightning.quantization.int8_model import ONNX_FILE, QUANT_CONFIG_FILE
+    from kp_lightning.sparsity.storage import SPARSE_FILE
+
+    path = Path(name_or_path)
+    if not path.is_dir() or (path / "model.safetensors").is_file():
+        return
+    if (path / ONNX_FILE).is_file() and (path / QUANT_CONFIG_FILE).is_file():
+        raise ModelLoadError(
+            f"{name_or_path} is an int8 ONNX model (QuantizationAwareTraining's output): it runs inference only "
+            "and cannot be trained further",
+            fix="load it with kp_lightning.quantization.load_int8 (or onnxruntime), or train the model it was "
+            "quantized from",
+        )
+    if (path / SPARSE_FILE).is_file():
+        raise ModelLoadError(
+            f"{name_or_path} is a sparse storage copy (bitmask + values), not a model directory",
+            fix="train the model directory it was saved from (a GradualMagnitudePruning/PatternLock output_dir, "
+            "its parent, has the same weights with the zeros in place), or rebuild it with "
+            "kp_lightning.sparsity.storage.load_sparse",
+        )
 
 
 STRUCTURE_STATE_KEY = "kp_structure"
@@ -77,7 +108,7 @@ def is_lightning_checkpoint(name_or_path: str) -> bool:
 
 def _read_checkpoint(path: str) -> dict:
     if not Path(path).is_file():
-        raise FileNotFoundError(f"Lightning checkpoint {path} does not exist")
+        raise MissingFileError(f"Lightning checkpoint {path} does not exist")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -85,7 +116,7 @@ def checkpoint_base_model(path: str) -> str:
     """The ``model_name_or_path`` a ``train.py`` checkpoint was trained from (also where its tokenizer is)."""
     base = _read_checkpoint(path).get("hyper_parameters", {}).get("model_name_or_path")
     if not base:
-        raise ValueError(f"{path} has no model_name_or_path hyperparameter; it was not written by train.py")
+        raise ConfigError(f"{path} has no model_name_or_path hyperparameter; it was not written by train.py")
     return base
 
 
@@ -105,7 +136,7 @@ def _load_lightning_checkpoint(path: str, spec: TaskSpec) -> nn.Module:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {k for k in missing if k.endswith("decoder.weight") or k.endswith("decoder.bias")}
     if unexpected or set(missing) - tied:
-        raise ValueError(
+        raise ConfigError(
             f"{path} does not match {base}: missing {sorted(set(missing) - tied)[:5]}, unexpected "
             f"{sorted(unexpected)[:5]}. Load a checkpoint written by train.py for this task."
         )

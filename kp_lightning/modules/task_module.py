@@ -10,6 +10,7 @@ from torch import nn
 from kp_lightning.core.adapter import EncoderAdapter
 from kp_lightning.data.task_metrics import TaskMetrics
 from kp_lightning.data.task_spec import TaskSpec
+from kp_lightning.errors import ConfigError
 from kp_lightning.modules.extensions import ExtensionRegistry, LossTerm, ParamGroup, StepContext
 from kp_lightning.modules.model_loading import accepted_inputs, load_task_model
 from kp_lightning.modules.optimization import build_param_groups, linear_warmup_decay
@@ -46,16 +47,16 @@ class TaskModule(pl.LightningModule):
     ):
         super().__init__()
         if task_spec is None:
-            raise ValueError(
+            raise ConfigError(
                 "No task given: train.py links it from the data module; in Python pass task_spec=datamodule.task_spec."
             )
         task = TaskSpec(**task_spec) if isinstance(task_spec, dict) else task_spec
         if learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+            raise ConfigError(f"learning_rate must be positive, got {learning_rate}.")
         if lr_schedule not in ("linear", "constant"):
-            raise ValueError(f"lr_schedule must be 'linear' or 'constant', got {lr_schedule!r}.")
+            raise ConfigError(f"lr_schedule must be 'linear' or 'constant', got {lr_schedule!r}.")
         if not 0 <= warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
         self.save_hyperparameters(ignore=["loss_terms"])
         self.hparams["task_spec"] = task.to_dict()  # plain data, so checkpoints load with weights_only=True
         self.task = task
@@ -117,7 +118,7 @@ class TaskModule(pl.LightningModule):
 
     def task_loss(self, outputs, batch: dict) -> torch.Tensor:
         if outputs.loss is None:
-            raise ValueError(f"The {self.task.name} training batch has no labels, so there is no task loss.")
+            raise ConfigError(f"The {self.task.name} training batch has no labels, so there is no task loss.")
         return outputs.loss
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kp_lightning.errors import ConfigError
+
 from ..core.adapter import EncoderAdapter
 
 ATTENTION, FFN = "attention", "ffn"
@@ -62,7 +64,7 @@ def prediction_loss(kind: str, student: dict, teacher: dict, token_mask: torch.T
         s = student["logits"][token_mask]
         t = teacher["logits"][token_mask]
         return _kl(s, t, temperature) * t2
-    raise ValueError(f"unknown task kind {kind!r}")
+    raise ConfigError(f"unknown task kind {kind!r}")
 
 
 def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kp_lightning.errors import ConfigError
+
 RIDGE_STEPS = (1e-8, 1e-6, 1e-4, 1e-2)
 
 
@@ -28,7 +30,7 @@ def solve_normal_equations(gram: torch.Tensor, rhs: torch.Tensor) -> Solution:
     """
     g, r = gram.double(), rhs.double()
     if not (torch.isfinite(g).all() and torch.isfinite(r).all()):
-        raise ValueError("the least-squares system has NaN or infinite entries (non-finite activations)")
+        raise ConfigError("the least-squares system has NaN or infinite entries (non-finite activations)")
     chol, info = torch.linalg.cholesky_ex(g)
     if int(info) == 0:
         return Solution(torch.cholesky_solve(r, chol), 0.0)
@@ -38,4 +40,4 @@ def solve_normal_equations(gram: torch.Tensor, rhs: torch.Tensor) -> Solution:
         chol, info = torch.linalg.cholesky_ex(g + eps * scale * eye)
         if int(info) == 0:
             return Solution(torch.cholesky_solve(r, chol), eps * scale)
-    raise ValueError("the least-squares system stayed singular with every ridge tried")
+    raise ConfigError("the least-squares system stayed singular with every ridge tried")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from kp_lightning.errors import ConfigError
+
 
 def threshold_keep(scores: torch.Tensor, flops: torch.Tensor, budget: float) -> torch.Tensor:
     """Keep the highest-scoring units whose total FLOPs fit ``budget`` (kprune.md §2.3, KPMS).
@@ -57,7 +59,7 @@ def kwon_search(
     value[k * head_flops > budget] = -float("inf")
     best = int(torch.argmax(value))
     if value[best] == -float("inf"):
-        raise ValueError("the FLOPs budget does not fit even one attention head; request a smaller reduction")
+        raise ConfigError("the FLOPs budget does not fit even one attention head; request a smaller reduction")
     heads = torch.zeros_like(head_importance, dtype=torch.bool)
     heads[h_order[: best + 1]] = True
     neurons = torch.zeros_like(neuron_importance, dtype=torch.bool)

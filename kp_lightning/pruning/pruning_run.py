@@ -25,8 +25,8 @@ def check_reduction(value: float) -> None:
     """Raise unless ``value`` is a fraction of FLOPs to remove strictly between 0 and 1."""
     if not 0 < value < 1:
         raise PruneError(
-            f"flops_reduction is the fraction of FLOPs to REMOVE and must be in (0, 1), got {value}. "
-            "For 'keep 40 %' (Kwon et al.'s convention) write flops_reduction: 0.6."
+            f"flops_reduction is the fraction of FLOPs to REMOVE and must be in (0, 1), got {value}",
+            fix="a fraction such as 0.6 (60 % removed); for 'keep 40 %' (Kwon et al.'s convention) write 0.6",
         )
 
 

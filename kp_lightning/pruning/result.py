@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from kp_lightning.errors import KPError
+
 from ..core.masks import StructuralMasks
 from ..core.structure import EncoderStructure
 
 
-class PruneError(ValueError):
+class PruneError(KPError, ValueError):
     """Bad input to a pruning run (raised before anything is modified or written)."""
 
 

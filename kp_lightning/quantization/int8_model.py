@@ -29,6 +29,9 @@ import transformers
 from torch import nn
 from transformers.utils import ModelOutput
 
+from kp_lightning.core.export import add_remote_code
+from kp_lightning.errors import ConfigError, MissingFileError
+
 from .fake_quant import FakeQuantizer
 from .int8_linear import Int8Linear, int8_reference_model, onnx_translation_table
 
@@ -137,7 +140,7 @@ class Int8OnnxModel(nn.Module):
         if given["token_type_ids"] is None:
             given["token_type_ids"] = torch.zeros_like(input_ids)
         elif "token_type_ids" not in self.input_names and bool((token_type_ids != 0).any()):
-            raise ValueError("this model has no token type embeddings, but non-zero token_type_ids were given")
+            raise ConfigError("this model has no token type embeddings, but non-zero token_type_ids were given")
         feeds = {k: given[k].detach().cpu().to(torch.int64).numpy() for k in self.input_names}
         outputs = self.session.run(self.meta["output_names"], feeds)
         return ModelOutput(**{k: torch.from_numpy(v) for k, v in zip(self.meta["output_names"], outputs)})
@@ -213,11 +216,16 @@ def convert_to_int8(
 
 
 def save_int8(model: Int8OnnxModel, out_dir: str | Path, tokenizer=None) -> Path:
-    """Write ``model.onnx``, ``config.json``, ``quantization.json`` (and the tokenizer) to ``out_dir``."""
+    """Write ``model.onnx``, ``config.json``, ``quantization.json`` (and the tokenizer) to ``out_dir``.
+
+    The config of a compact model (``kp_bert``...) comes with the compact code and an ``auto_map``, so
+    ``AutoConfig.from_pretrained(out_dir, trust_remote_code=True)`` reads it without kp_lightning.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / ONNX_FILE).write_bytes(model.onnx_model)
     model.config.save_pretrained(out_dir)
+    add_remote_code(out_dir, model.config)
     (out_dir / QUANT_CONFIG_FILE).write_text(json.dumps(model.meta, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
@@ -229,9 +237,9 @@ def load_int8(path: str | Path, num_threads: int | None = None) -> Int8OnnxModel
     path = Path(path)
     meta_file = path / QUANT_CONFIG_FILE
     if not meta_file.is_file() or not (path / ONNX_FILE).is_file():
-        raise FileNotFoundError(f"{path} is not an int8 export: it needs {ONNX_FILE} and {QUANT_CONFIG_FILE}")
+        raise MissingFileError(f"{path} is not an int8 export: it needs {ONNX_FILE} and {QUANT_CONFIG_FILE}")
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise ConfigError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}")
     config = transformers.AutoConfig.from_pretrained(path)
     return Int8OnnxModel((path / ONNX_FILE).read_bytes(), config, meta, num_threads)

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+from kp_lightning.errors import KPError
 
-class SparsityPatternError(ValueError):
+
+class SparsityPatternError(KPError, ValueError):
     """A pattern that cannot be applied (bad spec, or it does not divide a weight)."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kp_lightning.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class CubicSparsitySchedule:
@@ -32,13 +34,13 @@ class CubicSparsitySchedule:
         for name in ("initial_sparsity", "final_sparsity"):
             value = getattr(self, name)
             if not 0 <= value < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
+                raise ConfigError(f"{name} must be in [0, 1), got {value}")
         if self.begin_step < 0 or self.frequency < 1:
-            raise ValueError(f"begin_step must be >= 0 and frequency >= 1, got {self.begin_step}, {self.frequency}")
+            raise ConfigError(f"begin_step must be >= 0 and frequency >= 1, got {self.begin_step}, {self.frequency}")
         if self.ramp_end_step < self.begin_step:
-            raise ValueError(f"ramp_end_step ({self.ramp_end_step}) is before begin_step ({self.begin_step})")
+            raise ConfigError(f"ramp_end_step ({self.ramp_end_step}) is before begin_step ({self.begin_step})")
         if self.end_step != -1 and self.end_step < self.ramp_end_step:
-            raise ValueError(
+            raise ConfigError(
                 f"end_step ({self.end_step}) is before ramp_end_step ({self.ramp_end_step}): the target would "
                 "never be reached; use -1 or a later step"
             )

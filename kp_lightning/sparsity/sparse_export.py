@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from kp_lightning.core.export import staging_dir
+from kp_lightning.core.export import add_remote_code, staging_dir
 from kp_lightning.sparsity.masked_weights import MaskedWeights
 from kp_lightning.sparsity.storage import save_sparse
 
@@ -35,7 +35,8 @@ def write_sparse_model(
     storage_values: str | None = "float32",
     overwrite: bool = True,
 ) -> dict:
-    """Save ``model`` with ``save_pretrained`` (any tool loads it), ``sparsity_report.json`` and, unless
+    """Save ``model`` with ``save_pretrained`` (any tool loads it; a compact model with its code, for
+    ``trust_remote_code=True``), ``sparsity_report.json`` and, unless
     ``storage_values`` is ``None``, the bitmask + non-zeros copy in ``<out_dir>/sparse``.
 
     Returns:
@@ -44,6 +45,7 @@ def write_sparse_model(
     report = {**(extra or {}), **sparsity_summary(masked)}
     with staging_dir(Path(out_dir), overwrite) as staging:
         model.save_pretrained(staging)
+        add_remote_code(staging, model.config)  # a compact model loads with trust_remote_code, as its export does
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if storage_values is not None:

@@ -1,7 +1,10 @@
 """Sparse on-disk storage for pruned encoders: Linear weights as a bitmask + their non-zero values (plain torch).
 
 A saved directory holds ``config.json``, the tokenizer (if given), ``sparse_model.safetensors`` and
-``sparse_storage.json`` (sizes). In the safetensors file, a weight ``W`` stored sparse becomes ``W/mask`` (uint8,
+``sparse_storage.json`` (sizes); for a compact kp_lightning model (``KPBertFor...``) also the compact modeling code
+and an ``auto_map``, as in a compact export.
+
+In the safetensors file, a weight ``W`` stored sparse becomes ``W/mask`` (uint8,
 1 bit per element, row-major, most significant bit first, zero-padded to whole bytes), ``W/values`` (the elements
 whose mask bit is set, in ``float32``, ``float16`` or ``int8``) and, for ``int8``, ``W/scale`` (float32 scalar,
 ``W = q * scale``). Other tensors are stored under their own name (``float32``/``float16``), or for ``others="int8"``
@@ -24,7 +27,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..core.export import ExportError, check_output_dir
+from kp_lightning.errors import KPError
+
+from ..compact_model.modeling_kp import LegacyCompactModelError
+from ..core.export import ExportError, add_remote_code, check_output_dir, model_class
 
 SPARSE_FILE = "sparse_model.safetensors"
 REPORT_FILE = "sparse_storage.json"
@@ -34,7 +40,7 @@ VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torc
 BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
-class SparseStorageError(ValueError):
+class SparseStorageError(KPError, ValueError):
     """A model or directory that cannot be saved or loaded in the sparse format the way that was asked."""
 
 
@@ -129,12 +135,29 @@ def _check_options(model, values, others, min_sparsity, weight_scales) -> None:
         raise SparseStorageError(f"weight_scales only apply to values='int8' (got values={values!r}): drop them")
     if bad := {k: v for k, v in (weight_scales or {}).items() if not _positive(v)}:
         raise SparseStorageError(f"weight_scales must be positive finite numbers, got {bad}")
+    check_storable(model)
+
+
+def check_storable(model: nn.Module) -> None:
+    """Refuse a model that :func:`load_sparse` could not rebuild (call it before spending time on training).
+
+    Stock transformers classes and kp_lightning's compact classes (``KPBertForSequenceClassification``...) are
+    storable.
+
+    Raises:
+        SparseStorageError: the model has no transformers config, or its class is neither of those.
+    """
+    name = type(model).__name__
     if getattr(getattr(model, "config", None), "save_pretrained", None) is None:
-        raise SparseStorageError(f"{type(model).__name__} has no transformers config: save a transformers model")
-    if getattr(transformers, type(model).__name__, None) is not type(model):
         raise SparseStorageError(
-            f"{type(model).__name__} is not a transformers class, so load_sparse could not rebuild it: "
-            "save the underlying transformers model"
+            f"{name} has no transformers config, so it cannot be stored sparse",
+            fix="train a transformers model (AutoModelFor<Task>) or a kp_lightning compact export",
+        )
+    if model_class(name) is not type(model):
+        raise SparseStorageError(
+            f"{name} is neither a transformers class nor a kp_lightning compact class, so load_sparse could not "
+            "rebuild it",
+            fix="save the underlying transformers model, or a compact model made by compact()/export_compact",
         )
 
 
@@ -201,6 +224,7 @@ def save_sparse(
         config = copy.deepcopy(model.config)
         config.architectures = [type(model).__name__]
         config.save_pretrained(staging)
+        add_remote_code(staging, config)  # a compact model: its code, for loading without kp_lightning
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         save_file(tensors, staging / SPARSE_FILE, metadata=metadata)
@@ -247,18 +271,24 @@ def sparse_state_dict(path) -> dict[str, torch.Tensor]:
 
 
 def load_sparse(path, device="cpu") -> nn.Module:
-    """Rebuild the transformers model saved by :func:`save_sparse`, in eval mode on ``device``."""
+    """Rebuild the model saved by :func:`save_sparse` (stock or compact), in eval mode on ``device``."""
     path = Path(path)
+    if not (path / "config.json").is_file():
+        raise SparseStorageError(f"{path} has no config.json: pass a directory written by save_sparse")
     config = transformers.AutoConfig.from_pretrained(path)
     name = (config.architectures or [None])[0]
-    model_class = getattr(transformers, name, None) if name else None
-    if model_class is None:
+    cls = model_class(name)
+    if cls is None:
         raise SparseStorageError(
-            f"config.json of {path} names architecture {name!r}, which this transformers "
-            f"{transformers.__version__} does not provide: install a version that has it or fix 'architectures'"
+            f"config.json of {path} names architecture {name!r}, which neither this transformers "
+            f"{transformers.__version__} nor kp_lightning provides",
+            fix="install a transformers version that has it, or fix 'architectures'",
         )
     state = sparse_state_dict(path)
-    model = model_class._from_config(config)
+    try:
+        model = cls._from_config(config)
+    except LegacyCompactModelError as err:
+        raise SparseStorageError(f"{path}: {err}") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     current = model.state_dict()
     loaded = {tensor.data_ptr() for key, tensor in current.items() if key in state}

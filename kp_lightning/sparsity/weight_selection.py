@@ -7,9 +7,10 @@ import re
 from torch import nn
 
 from kp_lightning.core.adapter import EncoderAdapter, UnsupportedModelError
+from kp_lightning.errors import KPError
 
 
-class NoWeightsSelectedError(ValueError):
+class NoWeightsSelectedError(KPError, ValueError):
     """The include/exclude patterns match no ``nn.Linear`` layer."""
 
 
