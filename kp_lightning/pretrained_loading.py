@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from kp_lightning.errors import ModelLoadError
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+from kp_lightning.hub_push import hub_offline
 
 
 def load_pretrained(loader: Any, name_or_path: str, what: str = "model", **kwargs) -> Any:

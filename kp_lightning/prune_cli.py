@@ -18,6 +18,7 @@ from kp_lightning.core.structured_export import (
     latency_speedup,
     structure_fields,
 )
+from kp_lightning.hub_push import check_push_target, push_to_hub
 
 
 class PruneCLI(KPLightningCLI):
@@ -33,11 +34,17 @@ class PruneCLI(KPLightningCLI):
         parser.add_argument(
             "--latency_seconds", type=float, default=2.0, help="Seconds per latency measurement; 0 skips it."
         )
+        parser.add_argument(
+            "--push_to_hub", type=str | None, default=None, help="Hub repo id (namespace/name) to upload the export to."
+        )
+        parser.add_argument("--hub_private", type=bool, default=False, help="Create the hub repo as private.")
 
     def instantiate_classes(self) -> None:
         """Check the pruner's arguments and the output directory before the model and data are loaded."""
         KPrune(**self.config.pruner.as_dict())
         check_output_dir(Path(self.config.output_dir), self.config.overwrite, hint="pass --overwrite true")
+        if self.config.push_to_hub:
+            check_push_target(self.config.push_to_hub)
         super().instantiate_classes()
 
 
@@ -55,6 +62,8 @@ def run_pruning(cli: PruneCLI) -> dict:
     report = {}
     if trainer.is_global_zero:
         report = _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, out_dir)
+        if config.push_to_hub:
+            push_to_hub(out_dir, config.push_to_hub, private=config.hub_private)
     trainer.strategy.barrier()
     return report
 

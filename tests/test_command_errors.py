@@ -162,3 +162,9 @@ def test_condensed_union_message_keeps_only_the_reason():
     )
     assert condense_argument_error(message) == "data: GlueDataModule: Option 'x' is not accepted"
     assert format_error_block("what", None) == f"error: what\n{DEBUG_HINT}"
+
+
+def test_a_bad_push_target_is_refused_before_the_model_loads(setup, tmp_path, capsys):
+    root, model, glue = setup
+    block = error_block(prune, prune_args(model, glue, tmp_path, "--push_to_hub", "no-namespace"), capsys)
+    assert "namespace/name" in " ".join(block) and not (tmp_path / "out").exists()
