@@ -40,7 +40,7 @@ TEACHER = Path(os.path.expanduser("~/.cache/kp_lightning/teachers/minilm-sst2"))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 SHAPES = ((32, 128), (1, 32))
 STAGES = ("kprune", "distill", "qat", "measure", "render")
-DATA = ["-c", "data/glue/sst2", "--data.init_args.data_dir", str(SHARED / "glue")]
+DATA: list[str] = []  # set in main(): the SST-2 recipe and --data-dir
 
 
 def command(*args: str) -> float:
@@ -119,7 +119,7 @@ def dev_accuracy(path: Path) -> float:
     from kp_lightning.datamodules import GlueDataModule
     from kp_lightning.modules import TaskModule
 
-    data = GlueDataModule(task="sst2", data_dir=str(SHARED / "glue"), tokenizer=str(TEACHER), max_length=128)
+    data = GlueDataModule(task="sst2", data_dir=DATA[-1], tokenizer=str(TEACHER), max_length=128)
     module = TaskModule(str(path), task_spec=data.task_spec)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     return float(trainer.validate(module, datamodule=data, verbose=False)[0]["val/accuracy"])
@@ -137,7 +137,7 @@ def measure_stage(args) -> dict:
              "size_bytes": (TEACHER / "model.safetensors").stat().st_size}]  # fmt: skip
     for name, path in (("K-prune 60 % fp32", WORK / "kprune60"), ("K-prune 60 % → KD fp32", WORK / "kprune60_kd")):
         if (path / "config.json").is_file():
-            models[name] = load_compressed(path, transformers.AutoModelForSequenceClassification).eval()
+            models[name] = load_compressed(path).eval()
             rows.append({"model": name, "path": str(path), "accuracy": dev_accuracy(path),
                          "size_bytes": (path / "model.safetensors").stat().st_size})  # fmt: skip
     for name, source in (("K-prune 60 % → QAT int8", "kprune60"), ("K-prune 60 % → KD → QAT int8", "kprune60_kd")):
@@ -180,6 +180,12 @@ def render(data: dict) -> None:
     print("\n".join(lines))
 
 
+def configure(args) -> None:
+    global TEACHER, WORK, RESULTS
+    TEACHER, WORK, RESULTS = args.teacher.expanduser(), args.work, args.results
+    DATA[:] = ["-c", "data/glue/sst2", "--data.init_args.data_dir", str(args.data_dir)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
@@ -189,10 +195,16 @@ def main() -> None:
     parser.add_argument("--qat-steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-seconds", type=float, default=2.0)
+    parser.add_argument("--teacher", type=Path, default=TEACHER, help="fine-tuned dense SST-2 model")
+    parser.add_argument("--data-dir", type=Path, default=SHARED / "glue", help="GLUE folder with SST-2/")
+    parser.add_argument("--work", type=Path, default=WORK, help="where the models go")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    configure(args)
     if not TEACHER.is_dir():
         sys.exit(f"error: no SST-2 teacher at {TEACHER}\nfix: python benchmarks/finetune_teachers.py sst2")
     WORK.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     timings: dict = {}
     for stage, run in (("kprune", kprune_stage), ("distill", distill_stage), ("qat", qat_stage)):
         if stage in args.stages:
