@@ -13,6 +13,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks.cofi_export import export_result, score_teacher
+from callbacks.export_info import check_hub_target, push_export
 from kp_lightning.cofi import GRANULARITIES, CoFiGates, CoFiPruner, SparsitySchedule
 from kp_lightning.cofi.cofi_run import best_state, check_student, kept_structure_metrics
 from kp_lightning.core.adapter import EncoderAdapter, UnsupportedModelError
@@ -55,6 +56,9 @@ class CoFi(pl.Callback):
         latency_batch_size: Batch size of the latency check.
         latency_seq_len: Sequence length of the latency check and of the FLOPs in the report.
         seed: Seed of the gate initialisation and of the per-step gate noise.
+        push_to_hub: Hub model repo (``namespace/name``) to upload the finished export to (rank 0, after it is
+            written). Checked when the callback is built: a bad id or ``HF_HUB_OFFLINE`` is refused before training.
+        hub_private: Create the repo private (an existing repo keeps its visibility).
     """
 
     def __init__(
@@ -77,10 +81,13 @@ class CoFi(pl.Callback):
         latency_batch_size: int = 32,
         latency_seq_len: int = 128,
         seed: int = 0,
+        push_to_hub: str | None = None,
+        hub_private: bool = False,
     ):
         if not 0 < target_sparsity < 1:
             raise ConfigError(
-                f"target_sparsity must be in (0, 1) (the fraction of encoder parameters to remove), got {target_sparsity}",
+                "target_sparsity must be in (0, 1) (the fraction of encoder parameters to remove), "
+                f"got {target_sparsity}",
                 fix="a fraction such as 0.6 (60 % of the encoder's parameters removed); 0.95 for the paper's 95 %",
             )
         for name, value in (("prepruning_epochs", prepruning_epochs), ("warmup_epochs", warmup_epochs)):
@@ -110,6 +117,8 @@ class CoFi(pl.Callback):
         self.overwrite = overwrite
         self.latency = LatencyCheck(latency_batch_size, latency_seq_len, latency_seconds)
         self.seed = seed
+        self.push_to_hub = check_hub_target(push_to_hub)
+        self.hub_private = hub_private
         self.pruner: CoFiPruner | None = None
         self.sparsity_loss: CoFiSparsityLoss | None = None
         self.layer_loss: DynamicLayerDistillation | None = None
@@ -167,8 +176,9 @@ class CoFi(pl.Callback):
                 "from, or fine-tune this one without CoFi (configs/cofi/finetune_compact.yaml)."
             )
         check_student(pl_module)
+        out = self._output_dir(trainer)  # collective without output_dir (trainer.log_dir broadcasts)
         if trainer.is_global_zero:
-            check_output_dir(self._output_dir(trainer), self.overwrite, hint="set the CoFi option overwrite: true")
+            check_output_dir(out, self.overwrite, hint="set the CoFi option overwrite: true")
 
     def _output_dir(self, trainer: pl.Trainer) -> Path:
         return Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "cofi_export")
@@ -249,12 +259,15 @@ class CoFi(pl.Callback):
                 "validation: exporting the final model. Train longer, shorten the warmup or validate more often."
             )
         dense_metrics = score_teacher(trainer, pl_module)  # collective under DDP
+        out = self._output_dir(trainer)  # on every rank: trainer.log_dir is collective
         if trainer.is_global_zero:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                self.report = export_result(self, trainer, pl_module, self._output_dir(trainer), dense_metrics)
-            rank_zero_info(f"CoFi: wrote the compact model to {self._output_dir(trainer)}")
+                self.report = export_result(self, trainer, pl_module, out, dense_metrics)
+            rank_zero_info(f"CoFi: wrote the compact model to {out}")
         trainer.strategy.barrier("CoFi export")
+        if self.push_to_hub and trainer.is_global_zero:
+            push_export("CoFi", out, self.push_to_hub, self.hub_private)
 
     # ---- checkpointing ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -27,8 +27,8 @@ class GradualMagnitudePruning(SparseWeightsCallback):
         frequency: Optimizer steps between mask updates.
         lr_rewinding: Reshape the module's linear schedule: the learning rate rewinds after every mask
             update while the ramp runs, then decays linearly (pofa.md §3.7).
-        pattern, allocation, include, exclude, output_dir, overwrite, storage_values: See
-            ``SparseWeightsCallback``.
+        pattern, allocation, include, exclude, output_dir, overwrite, storage_values, push_to_hub, hub_private:
+            See ``SparseWeightsCallback``.
     """
 
     log_prefix = "gmp"
@@ -49,11 +49,15 @@ class GradualMagnitudePruning(SparseWeightsCallback):
         output_dir: str | None = None,
         overwrite: bool = False,
         storage_values: str | None = "float32",
+        push_to_hub: str | None = None,
+        hub_private: bool = False,
     ):
         self.schedule = CubicSparsitySchedule(
             initial_sparsity, final_sparsity, begin_step, ramp_end_step, end_step, frequency
         )
-        super().__init__(include, exclude, pattern, allocation, output_dir, overwrite, storage_values)
+        super().__init__(
+            include, exclude, pattern, allocation, output_dir, overwrite, storage_values, push_to_hub, hub_private
+        )
         fixed = self.pattern.fixed_sparsity
         if fixed is not None and abs(final_sparsity - fixed) > 1e-9:
             raise ConfigError(

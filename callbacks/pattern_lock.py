@@ -14,7 +14,8 @@ class PatternLock(SparseWeightsCallback):
     and a dense task teacher for Prune Once for All's transfer stage.
 
     Args:
-        include, exclude, output_dir, overwrite, storage_values: See ``SparseWeightsCallback``.
+        include, exclude, output_dir, overwrite, storage_values, push_to_hub, hub_private: See
+            ``SparseWeightsCallback``.
     """
 
     log_prefix = "pattern_lock"
@@ -26,8 +27,13 @@ class PatternLock(SparseWeightsCallback):
         output_dir: str | None = None,
         overwrite: bool = False,
         storage_values: str | None = "float32",
+        push_to_hub: str | None = None,
+        hub_private: bool = False,
     ):
-        super().__init__(include, exclude, output_dir=output_dir, overwrite=overwrite, storage_values=storage_values)
+        super().__init__(
+            include, exclude, output_dir=output_dir, overwrite=overwrite, storage_values=storage_values,
+            push_to_hub=push_to_hub, hub_private=hub_private,
+        )  # fmt: skip
         self.locked_sparsity = 0.0
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -9,9 +9,14 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 
+from callbacks.export_info import check_hub_target, push_export
 from kp_lightning.core.adapter import EncoderAdapter
-from kp_lightning.core.export import export_compact
+from kp_lightning.core.export import REPORT_FILE, export_compact
+from kp_lightning.core.model_card import write_model_card
+from kp_lightning.core.report import compression_report
 from kp_lightning.errors import ConfigError
 
 
@@ -19,21 +24,35 @@ class SaveBestPretrained(pl.Callback):
     """After each validation, if ``monitor`` improved, write the model (and tokenizer) to ``dirpath``.
 
     The directory is replaced atomically, so it always holds one complete model. Stock models are written
-    with ``save_pretrained``; compact kp_lightning models with the compact export (config, code, report).
-    ``best_metric.json`` records the monitored value, epoch and step.
+    with ``save_pretrained``; compact kp_lightning models with the compact export (config, code). Both get a
+    ``compression_report.json`` (base model, task, the monitored metric as ``metric_name`` /
+    ``metric_compressed``, parameter counts) and a ``README.md`` model card, so the directory is a complete,
+    Hub-ready export. ``best_metric.json`` records the monitored value, epoch and step.
 
     Args:
         dirpath: Output directory (default ``<trainer.log_dir>/best_model``).
         monitor: Logged metric to track (default: the task's main metric, e.g. ``val/accuracy``).
         mode: ``"max"`` or ``"min"``.
+        push_to_hub: Hub model repo (``namespace/name``) to upload the best model to at the end of ``fit`` (rank
+            0). Checked when the callback is built: a bad id or ``HF_HUB_OFFLINE`` is refused before training.
+        hub_private: Create the repo private (an existing repo keeps its visibility).
     """
 
-    def __init__(self, dirpath: str | None = None, monitor: str | None = None, mode: str = "max"):
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        monitor: str | None = None,
+        mode: str = "max",
+        push_to_hub: str | None = None,
+        hub_private: bool = False,
+    ):
         if mode not in ("max", "min"):
             raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}.")
         self.dirpath = dirpath
         self.monitor = monitor
         self.mode = mode
+        self.push_to_hub = check_hub_target(push_to_hub)
+        self.hub_private = hub_private
         self.best: float | None = None
         self.best_path: str | None = None
 
@@ -64,14 +83,36 @@ class SaveBestPretrained(pl.Callback):
             self.best_path = str(self._write(trainer, pl_module, target, model_state, record))
         trainer.strategy.barrier("SaveBestPretrained")
 
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.push_to_hub or not trainer.is_global_zero:
+            return
+        if self.best_path is None or not Path(self.best_path).is_dir():
+            rank_zero_warn(f"SaveBestPretrained: no best model was written, so nothing is pushed to {self.push_to_hub}")
+            return
+        push_export("SaveBestPretrained", self.best_path, self.push_to_hub, self.hub_private)
+
+    def _report_fields(self, pl_module, record: dict) -> dict:
+        task = getattr(pl_module, "task", None)
+        hparams = getattr(pl_module, "hparams", {})
+        return {
+            "base_model": hparams.get("model_name_or_path") if hasattr(hparams, "get") else None,
+            "task": getattr(task, "name", None),
+            "task_kind": getattr(task, "kind", None),
+            "metric_name": record["monitor"],
+            "metric_compressed": record["value"],
+            "selected": f"best {record['monitor']} ({self.mode}) at epoch {record['epoch']}, step {record['step']}",
+            "notes": ["metric_compressed: the monitored validation value of this checkpoint (best_metric.json)."],
+        }
+
     def _write(self, trainer, pl_module, target: Path, state: dict[str, torch.Tensor], record: dict) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
         staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        fields = self._report_fields(pl_module, record)
         try:
             model = pl_module.model
             if EncoderAdapter(model).is_compact:
-                export_compact(model, staging / "model", tokenizer=tokenizer, overwrite=True)
+                export_compact(model, staging / "model", tokenizer=tokenizer, overwrite=True, **fields)
                 for item in (staging / "model").iterdir():
                     item.rename(staging / item.name)
                 (staging / "model").rmdir()
@@ -79,6 +120,12 @@ class SaveBestPretrained(pl.Callback):
                 model.save_pretrained(staging, state_dict=state)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(staging)
+                if isinstance(trainer.strategy, FSDPStrategy):  # sharded weights: no model summary
+                    report = {"export": "dense", **fields}
+                else:
+                    report = compression_report(model, export="dense", **fields)
+                (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+                write_model_card(staging, report, "dense")
             (staging / "best_metric.json").write_text(json.dumps(record, indent=2))
             if target.exists():
                 old = target.with_name(target.name + ".old")

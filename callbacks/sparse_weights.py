@@ -10,7 +10,17 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.composition import check_composition, check_model_unchanged
+from callbacks.export_info import (
+    check_hub_target,
+    first_val_loader,
+    push_export,
+    run_fields,
+    score,
+    teacher_score,
+    without_fake_quant,
+)
 from kp_lightning.core.export import check_output_dir
+from kp_lightning.core.report import model_summary
 from kp_lightning.errors import ConfigError
 from kp_lightning.modules.task_module import TaskModule
 from kp_lightning.sparsity import MaskedWeights, SparsityPattern, select_linear_names
@@ -36,6 +46,14 @@ class SparseWeightsCallback(pl.Callback):
         overwrite: Replace a non-empty ``output_dir``.
         storage_values: Value type of the compressed copy in ``<output_dir>/sparse``: ``float32`` (exact),
             ``float16``, or ``null`` to skip it.
+        push_to_hub: Hub model repo (``namespace/name``) to upload the finished export to (rank 0, after it is
+            written). Checked when the callback is built: a bad id or ``HF_HUB_OFFLINE`` is refused before training.
+        hub_private: Create the repo private (an existing repo keeps its visibility).
+
+    At the end of ``fit`` the output directory gets the model (``save_pretrained``), ``sparsity_report.json``,
+    ``compression_report.json`` (what ``kp-lightning compare`` reads: the exported model's validation metric, the
+    teacher's as ``metric_dense`` when the module distils, non-zero parameter counts before and after, storage
+    sizes) and a ``README.md`` model card for the Hub.
     """
 
     log_prefix = "sparsity"
@@ -49,6 +67,8 @@ class SparseWeightsCallback(pl.Callback):
         output_dir: str | None = None,
         overwrite: bool = False,
         storage_values: str | None = "float32",
+        push_to_hub: str | None = None,
+        hub_private: bool = False,
     ):
         self.pattern = SparsityPattern.parse(pattern)
         if allocation not in ("uniform", "global"):
@@ -63,11 +83,14 @@ class SparseWeightsCallback(pl.Callback):
         self.output_dir = output_dir
         self.overwrite = overwrite
         self.storage_values = storage_values
+        self.push_to_hub = check_hub_target(push_to_hub)
+        self.hub_private = hub_private
         self.masked: MaskedWeights | None = None
         self._model = None  # the model the masks were made for (set in setup)
         self.train_seconds = 0.0
         self._restored: dict | None = None
         self._tick: float | None = None
+        self._reference: dict | None = None  # model_summary of the model before pruning (rank 0)
 
     # ---- setup -----------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -85,8 +108,10 @@ class SparseWeightsCallback(pl.Callback):
         names = select_linear_names(model, self.include, self.exclude)
         self.masked = MaskedWeights(model, names, self.pattern, self.allocation)
         self._model = model
+        out = self._output_dir(trainer)  # collective without output_dir (trainer.log_dir broadcasts)
         if trainer.is_global_zero:
-            check_output_dir(self._output_dir(trainer), self.overwrite, hint=f"set the {name} option overwrite: true")
+            check_output_dir(out, self.overwrite, hint=f"set the {name} option overwrite: true")
+            self._reference = model_summary(model)  # before any mask (a resumed run sets up on the fresh model too)
         self._prepare(trainer, pl_module)
         if self._restored is not None:
             self._load(self._restored)
@@ -135,14 +160,39 @@ class SparseWeightsCallback(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.masked.apply()
         self.log_per_layer(trainer)
+        out = self._output_dir(trainer)  # on every rank: trainer.log_dir is collective
         if trainer.is_global_zero:
-            out = self._output_dir(trainer)
             tokenizer = getattr(trainer.datamodule, "tokenizer", None)
             report = write_sparse_model(
-                pl_module.model, out, self.masked, tokenizer, self._report(trainer), self.storage_values
-            )
+                pl_module.model, out, self.masked, tokenizer, self._report(trainer), self.storage_values,
+                report_fields=self._compression_fields(trainer, pl_module), reference_summary=self._reference,
+            )  # fmt: skip
             rank_zero_info(f"{type(self).__name__}: {report['sparsity']:.1%} sparse model written to {out}")
         trainer.strategy.barrier(type(self).__name__)
+        if self.push_to_hub and trainer.is_global_zero:
+            push_export(type(self).__name__, out, self.push_to_hub, self.hub_private)
+
+    def _compression_fields(self, trainer: pl.Trainer, pl_module: TaskModule) -> dict:
+        """``compression_report.json``'s run fields: the exported model's and the teacher's validation metrics."""
+        fields = run_fields(pl_module)
+        loader = first_val_loader(trainer)
+        compressed = score(without_fake_quant(pl_module.model), pl_module, loader)
+        dense = teacher_score(pl_module, loader)
+        metric = fields["metric_name"]
+        return {
+            **fields,
+            "metric_dense": dense.get(metric) if dense else None,
+            "metric_dense_source": "teacher" if dense else None,
+            "metric_compressed": compressed.get(metric),
+            "metrics_dense": dense,
+            "metrics_compressed": compressed,
+            "latency_speedup": None,
+            "notes": [
+                "metric_compressed: the exported sparse model on the validation data at the end of fit; "
+                "metric_dense: the teacher's score when the module distils, else null (not measured).",
+                "no latency_speedup: the zeros are stored in dense tensors and run with dense kernels.",
+            ],
+        }
 
     def _report(self, trainer: pl.Trainer) -> dict:
         return {

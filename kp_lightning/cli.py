@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -59,18 +60,20 @@ def build_cli(cli_class: type[KPLightningCLI], args: list[str] | None, run: bool
     print them as one block (:mod:`kp_lightning.command_errors`).
     """
     subcommands = dict.fromkeys(cli_class.subcommands(), PARSER_KWARGS) if run else {}
-    return cli_class(
-        pl.LightningModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=LoggedSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={**PARSER_KWARGS, **subcommands},
-        seed_everything_default=0,  # what `true` resolves to without PL_GLOBAL_SEED, minus the warning
-        args=args,
-        run=run,
-    )
+    with warnings.catch_warnings():  # the commands pass args on purpose and keep sys.argv for DDP's relaunch
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return cli_class(
+            pl.LightningModule,
+            pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=LoggedSaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={**PARSER_KWARGS, **subcommands},
+            seed_everything_default=0,  # what `true` resolves to without PL_GLOBAL_SEED, minus the warning
+            args=args,
+            run=run,
+        )
 
 
 def main(args: list[str] | None = None, run: bool = True) -> KPLightningCLI:

@@ -81,16 +81,15 @@ def debug_requested(argv: list[str]) -> bool:
 
 
 def run_command(
-    main: Callable[[], object],
+    main: Callable[[list[str]], object],
     prog: str,
     argv: list[str],
     prepare: Callable[[list[str]], list[str]] | None = None,
 ) -> object:
-    """Run ``main()`` with ``sys.argv = [prog, *prepare(argv)]`` (minus ``--debug``); user errors as one block.
+    """Run ``main(prepare(argv))`` (``--debug`` removed); report user errors as one block.
 
-    ``main`` reads ``sys.argv`` itself (LightningCLI with ``args=None``), so LightningCLI does not warn that
-    both ``args`` and ``sys.argv`` were given. ``prepare`` (e.g. recipe names to paths) runs inside the
-    error handling.
+    ``sys.argv`` is left as it is: Lightning's DDP launcher starts the other ranks by re-running it.
+    ``prepare`` (e.g. recipe names to paths) runs inside the error handling.
 
     Raises:
         SystemExit: Status 2 after printing the block, for a user error without debugging.
@@ -98,8 +97,7 @@ def run_command(
     debug = debug_requested(argv)
     argv = [arg for arg in argv if arg != DEBUG_FLAG]
     try:
-        sys.argv = [prog, *(prepare(argv) if prepare else argv)]
-        return main()
+        return main(prepare(argv) if prepare else argv)
     except Exception as exc:
         described = None if debug else describe_user_error(exc, prog)
         if described is None:

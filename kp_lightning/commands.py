@@ -33,14 +33,14 @@ def train(argv: list[str], prog: str = f"{PROG} train") -> object:
     """LightningCLI ``fit|validate|test`` (``train.py``)."""
     from kp_lightning.cli import main
 
-    return run_command(lambda: main(None), prog, argv, prepare=resolve_config_args)
+    return run_command(main, prog, argv, prepare=resolve_config_args)
 
 
 def prune(argv: list[str], prog: str = f"{PROG} prune") -> object:
     """Evaluate, prune without retraining, evaluate, export (``prune.py``)."""
     from kp_lightning.prune_cli import main
 
-    return run_command(lambda: main(None), prog, argv, prepare=resolve_config_args)
+    return run_command(main, prog, argv, prepare=resolve_config_args)
 
 
 def demo(argv: list[str], prog: str = f"{PROG} demo") -> object:
@@ -50,12 +50,12 @@ def demo(argv: list[str], prog: str = f"{PROG} demo") -> object:
     """
     workdir, rest = _pop_option(argv, "--workdir", DEMO_WORKDIR)
 
-    def run() -> object:
+    def run(args: list[str]) -> object:
         from kp_lightning.demo import prepare_demo
         from kp_lightning.prune_cli import main
 
         prepare_demo(workdir)
-        return main(None)
+        return main(args)
 
     args = ["--config", str(recipe_path("demo")), *demo_overrides(workdir), *rest]
     return run_command(run, prog, args, prepare=resolve_config_args)
@@ -77,14 +77,14 @@ def compare(argv: list[str], prog: str = f"{PROG} compare") -> object:
     """Markdown table and PNG of several exports' ``compression_report.json``."""
     from kp_lightning.compare import main
 
-    return run_command(lambda: main(sys.argv[1:]), prog, argv)
+    return run_command(main, prog, argv)
 
 
 def configs(argv: list[str], prog: str = f"{PROG} configs") -> object:
     """``list`` the recipes, ``show NAME`` one, ``copy NAME [DEST]`` one into the working directory."""
 
-    def run() -> None:
-        action, *names = sys.argv[1:] or ["list"]
+    def run(args: list[str]) -> None:
+        action, *names = args or ["list"]
         if action == "list":
             print("\n".join(list_recipes()))
         elif action == "show" and len(names) == 1:
@@ -95,7 +95,7 @@ def configs(argv: list[str], prog: str = f"{PROG} configs") -> object:
             print(copy_recipe(names[0], names[1] if len(names) == 2 else Path.cwd()))
         else:
             raise ConfigError(
-                f"unknown `configs` arguments: {' '.join(sys.argv[1:])}",
+                f"unknown `configs` arguments: {' '.join(args)}",
                 fix=f"{prog} list | show NAME | path NAME | copy NAME [DEST]",
             )
 

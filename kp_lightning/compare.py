@@ -1,7 +1,9 @@
 """``kp-lightning compare``: several exports side by side, as a markdown table and a metric-vs-speedup PNG.
 
 Every export directory is read through its ``compression_report.json`` (written by ``kp-lightning prune`` for
-K-prune and Kwon et al., by the CoFi callback, and by ``export_compact`` / ``export_dense``). One row per export:
+K-prune and Kwon et al., by the CoFi callback, by the GradualMagnitudePruning / PatternLock sparse exports, by the
+QuantizationAwareTraining int8 export, by SaveBestPretrained and by ``export_compact`` / ``export_dense``). One row
+per export:
 
 ============================  ===========================================================================
 column                        report keys
@@ -15,7 +17,7 @@ dense → compressed            ``metric_dense`` → ``metric_compressed`` (QAT 
                               SQuAD's ``f1``/``exact_match`` are already percent; perplexity is shown raw
 encoder FLOPs removed         ``flops_reduction_actual``, else 1 − ``ratios.encoder_flops_kept``
 parameters                    ``params_dense`` → ``params_compressed``, else ``reference/compressed.parameters.total``;
-                              for ``export == "dense"`` (zeros in place) the non-zero counts
+                              for ``export`` ``"dense"`` or ``"sparse"`` (zeros in place) the non-zero counts
 speedup                       ``latency_speedup`` (dense / compressed median latency, measured in the same run)
 size on disk                  a recorded compressed copy (``storage.sparse_file_bytes``,
                               ``sparse_int8_storage.sparse_file_bytes``), else the weights file in the directory
@@ -46,15 +48,17 @@ from kp_lightning.errors import ConfigError, MissingFileError
 REPORT_FILE = "compression_report.json"
 PROG = "kp-lightning compare"
 WRITERS = (
-    "`kp-lightning prune` (K-prune, Kwon et al.), the CoFi callback at the end of `kp-lightning train fit` "
-    "with a CoFi recipe, and kp_lightning.export_compact / export_dense"
+    "`kp-lightning prune` (K-prune, Kwon et al.), the CoFi, GradualMagnitudePruning, PatternLock and "
+    "QuantizationAwareTraining callbacks at the end of `kp-lightning train fit`, SaveBestPretrained, and "
+    "kp_lightning.export_compact / export_dense"
 )
-# Reports of exports that have no compression_report.json (yet): named in the error so the user knows why.
+# Reports of exports written before these exports had a compression_report.json: named in the error.
 OTHER_REPORTS = {
     "sparsity_report.json": "a GradualMagnitudePruning / PatternLock sparse export",
     "quantization_report.json": "a QuantizationAwareTraining int8 export",
 }
 LOWER_IS_BETTER = ("perplexity", "loss")
+NONZERO_EXPORTS = ("dense", "sparse")  # zeros in place: the non-zero parameters are what compression removed
 WEIGHT_FILES = ("model.safetensors", "model.onnx", "sparse_model.safetensors", "pytorch_model.bin")
 SIZE_KEYS = (("storage", "sparse_file_bytes"), ("sparse_int8_storage", "sparse_file_bytes"))
 
@@ -75,7 +79,12 @@ def load_report(directory: str | Path) -> dict:
     path = directory / REPORT_FILE
     if not path.is_file():
         others = [f"{name} ({what})" for name, what in OTHER_REPORTS.items() if (directory / name).is_file()]
-        found = f"; it has {', '.join(others)}, which compare does not read" if others else ""
+        found = (
+            f"; it has {', '.join(others)}, which compare does not read (an export from an earlier kp_lightning: "
+            f"this version writes {REPORT_FILE} next to it, re-run the export)"
+            if others
+            else ""
+        )
         raise MissingFileError(
             f"{directory} has no {REPORT_FILE}{found}",
             fix=f"pass export directories that hold {REPORT_FILE}: those written by {WRITERS}",
@@ -156,7 +165,7 @@ def export_row(directory: str | Path, report: dict) -> dict:
     flops = _number(report.get("flops_reduction_actual"))
     if flops is None and (kept := _number(_get(report, "ratios", "encoder_flops_kept"))) is not None:
         flops = 1.0 - kept
-    count = "nonzero" if report.get("export") == "dense" else "total"
+    count = "nonzero" if report.get("export") in NONZERO_EXPORTS else "total"
     params_dense = _number(report.get("params_dense")) if count == "total" else None
     params_small = _number(report.get("params_compressed")) if count == "total" else None
     if params_dense is None:

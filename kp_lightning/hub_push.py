@@ -21,7 +21,7 @@ REPORT_FILE = "compression_report.json"
 CARD_FILE = "README.md"
 # A complete export holds config.json and one of these weight layouts.
 WEIGHT_LAYOUTS = (
-    ("model.safetensors",),  # export_compact / export_dense / prune / CoFi
+    ("model.safetensors",),  # export_compact / export_dense / prune / CoFi / sparse exports / SaveBestPretrained
     ("model.onnx", "quantization.json"),  # QAT int8 (save_int8)
     ("sparse_model.safetensors",),  # sparse storage (save_sparse)
 )
@@ -88,7 +88,8 @@ def check_export_dir(export_dir: str | Path) -> Path:
     if not path.is_dir():
         raise MissingFileError(
             f"export directory {path} does not exist" + (" (it is a file)" if path.exists() else ""),
-            fix="pass the output_dir of `kp-lightning prune`, of a CoFi run, or of export_compact / export_dense",
+            fix="pass the output_dir of `kp-lightning prune`, of a CoFi, GradualMagnitudePruning, PatternLock or "
+            "QuantizationAwareTraining run, of SaveBestPretrained, or of export_compact / export_dense",
         )
     missing = [name for name in ("config.json", CARD_FILE, REPORT_FILE) if not (path / name).is_file()]
     if not any(all((path / f).is_file() for f in layout) for layout in WEIGHT_LAYOUTS):

@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
+import pytest
 import torch
 import transformers
 
 from kp_lightning import EncoderAdapter, StructuralMasks
+
+ONNX_EXTRA = ("onnx", "onnxruntime", "onnxscript")
+
+
+def _findable(name: str) -> bool:
+    """Whether ``import name`` can find the module (a ``None`` in ``sys.modules`` hides it), without importing it."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+MISSING_ONNX = [name for name in ONNX_EXTRA if not _findable(name)]
+# Every test that builds, saves, loads or runs an ONNX / int8 model (or a QuantizationAwareTraining callback).
+needs_onnx = pytest.mark.skipif(
+    bool(MISSING_ONNX),
+    reason=f"needs the [onnx] extra: pip install -e '.[onnx]' (missing: {', '.join(MISSING_ONNX) or 'none'})",
+)
 
 ARCHS = ("bert", "roberta", "distilbert")
 TASKS = ("ForSequenceClassification", "ForQuestionAnswering", "ForMaskedLM", "Model")

@@ -8,7 +8,11 @@ from tests.helpers import ARCHS, PREFIX, tiny_config, tiny_model
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("task", ["ForSequenceClassification", "ForQuestionAnswering", "ForMaskedLM", "Model"])
+@pytest.mark.parametrize(
+    "task",
+    ["ForSequenceClassification", "ForQuestionAnswering", "ForMaskedLM", "ForTokenClassification", "ForMultipleChoice",
+     "Model"],
+)  # fmt: skip
 def test_adapter_reads_every_supported_class(arch, task):
     model = tiny_model(arch, task)
     adapter = EncoderAdapter(model)
@@ -43,8 +47,8 @@ def test_unsupported_architecture_names_class_and_lists_supported():
 
 
 def test_unsupported_head_of_supported_architecture():
-    model = transformers.BertForTokenClassification(tiny_config("bert"))
-    with pytest.raises(UnsupportedModelError, match="BertForTokenClassification.*not this task head"):
+    model = transformers.BertForNextSentencePrediction(tiny_config("bert"))
+    with pytest.raises(UnsupportedModelError, match="BertForNextSentencePrediction.*not this task head"):
         EncoderAdapter(model)
 
 
@@ -63,4 +67,5 @@ def test_decoder_configuration_is_rejected():
 def test_supported_class_list_covers_all_architectures():
     names = supported_classes()
     for arch in ARCHS:
-        assert PREFIX[arch] + "ForSequenceClassification" in names
+        for task in ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice"):
+            assert PREFIX[arch] + task in names

@@ -34,6 +34,7 @@ from kp_lightning.prune_cli import main as prune_main
 from kp_lightning.quantization import fake_quantize_weight, int8_reference_model, load_int8, strip_fake_quant
 from kp_lightning.sparsity import encoder_linear_names
 from kp_lightning.sparsity.storage import load_sparse
+from tests.helpers import needs_onnx
 from tests.test_export import run_fresh_python
 from tests.text_fixtures import save_tiny_model, write_sst2
 
@@ -170,6 +171,7 @@ def stock_int8_check(out: Path, inputs: dict, expected: torch.Tensor, tmp_path: 
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "logits.npy")), expected, atol=1e-6, rtol=0)
 
 
+@needs_onnx
 def test_kprune_export_then_qat_gives_an_int8_model_equal_to_the_fake_quantized_one(setup, kpruned, tmp_path):
     root, dense, glue = setup
     data = glue_data(glue, kpruned)
@@ -183,6 +185,7 @@ def test_kprune_export_then_qat_gives_an_int8_model_equal_to_the_fake_quantized_
         load_task_model(str(tmp_path / "int8"), data.task_spec)
 
 
+@needs_onnx
 def test_kprune_and_qat_in_one_run_on_distilbert(setup, tmp_path):
     root, _, glue = setup
     model = save_tiny_model(tmp_path / "distilbert", "ForSequenceClassification", arch="distilbert")
@@ -196,6 +199,7 @@ def test_kprune_and_qat_in_one_run_on_distilbert(setup, tmp_path):
     assert load_int8(tmp_path / "int8").input_names == ["input_ids", "attention_mask"]
 
 
+@needs_onnx
 def test_kprune_then_distillation_then_qat(setup, kpruned, tmp_path):
     root, dense, glue = setup
     data = glue_data(glue, kpruned)
@@ -220,6 +224,7 @@ def test_kprune_then_distillation_then_qat(setup, kpruned, tmp_path):
     check_qat_export(module, qat, tmp_path / "int8", "Bert")
 
 
+@needs_onnx
 def test_cofi_then_qat(setup, tmp_path):
     root, dense, glue = setup
     student = save_tiny_model(tmp_path / "student", "ForSequenceClassification", **NO_DROPOUT)
@@ -279,22 +284,30 @@ def test_gradual_magnitude_pruning_of_a_kpruned_model_writes_reloadable_sparse_o
     assert "result 0.0 KPBertForSequenceClassification kp_bert False" in stdout, stdout
 
 
-@pytest.mark.parametrize("combination", ["qat_before_kprune", "cofi_with_gmp", "cofi_with_qat"])
+@pytest.mark.parametrize(
+    "combination",
+    [
+        pytest.param("qat_before_kprune", marks=needs_onnx),  # QuantizationAwareTraining is refused without [onnx]
+        "cofi_with_gmp",
+        pytest.param("cofi_with_qat", marks=needs_onnx),
+    ],
+)
 def test_a_combination_that_cannot_work_is_refused_before_the_first_step(setup, tmp_path, combination):
     root, dense, glue = setup
     data = glue_data(glue, dense)
     outputs = [tmp_path / "int8", tmp_path / "gmp", tmp_path / "cofi"]
     counter = StepCounter()
     pruner = KPrune(0.5, num_tokens=200, batch_size=8, progress=False)
-    qat = QuantizationAwareTraining(output_dir=str(outputs[0]))
-    gmp = GradualMagnitudePruning(0.5, ramp_end_step=2, frequency=1, output_dir=str(outputs[1]))
     cofi = CoFi(0.5, prepruning_steps=0, warmup_steps=2, latency_seconds=0, output_dir=str(outputs[2]))
+    if combination == "cofi_with_gmp":
+        other = GradualMagnitudePruning(0.5, ramp_end_step=2, frequency=1, output_dir=str(outputs[1]))
+    else:
+        other = QuantizationAwareTraining(output_dir=str(outputs[0]))
     if combination == "qat_before_kprune":
         module = TaskModule(str(dense), task_spec=data.task_spec)
-        callbacks, message = [counter, qat, pruner], "list KPrune before QuantizationAwareTraining"
+        callbacks, message = [counter, other, pruner], "list KPrune before QuantizationAwareTraining"
     else:
         module = DistillationModule(str(dense), str(dense), task_spec=data.task_spec)
-        other = gmp if combination == "cofi_with_gmp" else qat
         callbacks, message = [counter, cofi, other], f"{type(other).__name__} and CoFi cannot share one fit run"
     with pytest.raises(ConfigError) as info:
         fit(module, data, tmp_path / "run", callbacks)

@@ -25,9 +25,15 @@ def setup(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _restore_argv_and_debug(monkeypatch):
-    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the commands set sys.argv for LightningCLI
+def _no_debug(monkeypatch):
     monkeypatch.delenv("KP_LIGHTNING_DEBUG", raising=False)
+
+
+def test_the_commands_leave_sys_argv_for_the_ddp_relaunch(setup, tmp_path, capsys):
+    root, model, glue = setup
+    before = list(sys.argv)
+    error_block(prune, prune_args(model, glue, tmp_path, "--pruner.flops_reduction", "1.5"), capsys)
+    assert sys.argv == before  # Lightning's DDP launcher starts the other ranks from sys.argv
 
 
 def prune_args(model: Path, glue: Path, tmp_path: Path, *extra: str) -> list[str]:

@@ -13,7 +13,7 @@ from kp_lightning import (
 )
 from kp_lightning.core.adapter import EncoderShape
 from kp_lightning.core.onnx_export import export_onnx, run_onnx
-from tests.helpers import ARCHS, TASKS, edge_case_masks, tiny_batch, tiny_model
+from tests.helpers import ARCHS, TASKS, edge_case_masks, needs_onnx, tiny_batch, tiny_model
 
 
 def test_unit_costs_match_the_kprune_formula_for_bert_base():
@@ -50,10 +50,9 @@ def test_latency_grid_records_environment():
     assert all(r["median_ms"] > 0 and r["runs"] > 0 for r in result["results"])
 
 
+@needs_onnx
 @pytest.mark.parametrize("arch", ARCHS)
 def test_onnx_export_of_compact_model_matches_onnxruntime(tmp_path, arch):
-    pytest.importorskip("onnxruntime", reason="install the [onnx] extra")
-    pytest.importorskip("onnxscript", reason="install the [onnx] extra")
     model = tiny_model(arch, "ForQuestionAnswering")
     small = compact(model, edge_case_masks(model)).eval()
     path = export_onnx(small, tmp_path / "model.onnx", seq_len=16, batch_size=2)

@@ -16,6 +16,7 @@ from kp_lightning.cli import main as train_main
 from kp_lightning.quantization import fake_quantize_weight, load_int8
 from kp_lightning.sparsity import encoder_linear_names
 from kp_lightning.sparsity.storage import load_sparse
+from tests.helpers import needs_onnx
 from tests.test_cofi_training import run_script
 from tests.text_fixtures import save_tiny_model, write_sst2
 
@@ -119,6 +120,7 @@ def test_pattern_lock_keeps_the_zeros_through_distilled_transfer(setup, gmp_run,
     assert report["locked_sparsity"] == pytest.approx(0.5) and report["sparsity"] == pytest.approx(0.5)
 
 
+@needs_onnx
 def test_qat_with_pattern_lock_writes_an_int8_model_that_matches_the_fake_quantized_one(setup, gmp_run, tmp_path):
     _, _, teacher, glue = setup
     args = ["fit", "--model", "DistillationModule", "--model.init_args.model_name_or_path", str(gmp_run / "sparse"),

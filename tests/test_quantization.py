@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
 from torch.ao.quantization.observer import MinMaxObserver, MovingAverageMinMaxObserver
 
+from callbacks import QuantizationAwareTraining
+from kp_lightning.errors import MissingExtraError
+from kp_lightning.extras import missing_onnx_modules
 from kp_lightning.quantization import (
     DEFAULT_NO_OUTPUT_QUANT,
     FakeQuantizer,
@@ -22,8 +26,8 @@ from kp_lightning.quantization import (
     strip_fake_quant,
     weight_qparams,
 )
-from kp_lightning.quantization.int8_model import cpu_has_vnni
-from tests.helpers import tiny_batch, tiny_model
+from kp_lightning.quantization.int8_model import Int8OnnxModel, cpu_has_vnni
+from tests.helpers import needs_onnx, tiny_batch, tiny_model
 from tests.text_fixtures import tiny_tokenizer
 
 
@@ -226,6 +230,7 @@ def int8_pair(arch: str):
     return _INT8_CACHE[arch]
 
 
+@needs_onnx
 @pytest.mark.parametrize(
     "arch",
     ["bert", pytest.param("roberta", marks=pytest.mark.slow), pytest.param("distilbert", marks=pytest.mark.slow)],
@@ -251,6 +256,7 @@ def test_int8_model_matches_fake_quant(arch):
     assert next(int8.parameters()).device.type == "cpu" and int8.config.model_type == model.config.model_type
 
 
+@needs_onnx
 def test_int8_save_load_round_trip(tmp_path):
     int8 = int8_pair("bert")[2]
     save_int8(int8, tmp_path / "int8", tokenizer=tiny_tokenizer())
@@ -272,3 +278,44 @@ def test_int8_reference_model_replaces_only_listed_linears():
     assert replaced == set(quantizer.module_names)
     assert all(is_fake_quantized(model.get_submodule(n)) for n in quantizer.module_names)  # original untouched
     assert torch.allclose(logits(reference), logits(model), atol=1e-6)
+
+
+@pytest.mark.parametrize("hidden", ["onnx", "onnxruntime", "onnxscript"])
+def test_without_the_onnx_extra_qat_and_int8_are_refused_up_front(monkeypatch, hidden):
+    """A None in sys.modules makes ``import name`` fail, as if the module were not installed."""
+    monkeypatch.setitem(sys.modules, hidden, None)
+    assert hidden in missing_onnx_modules()
+    with pytest.raises(MissingExtraError, match=hidden) as info:
+        QuantizationAwareTraining()  # at construction: before any data, model or training
+    assert info.value.fix == "pip install 'kp_lightning[onnx]'" and isinstance(info.value, ImportError)
+    model, quantizer = quantized("bert", calibrate=1)
+    with pytest.raises(MissingExtraError, match=hidden) as info:
+        convert_to_int8(model, quantizer)
+    assert "kp_lightning[onnx]" in info.value.fix
+
+
+def test_the_int8_runtime_without_onnxruntime_is_a_missing_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingExtraError, match="onnxruntime") as info:
+        Int8OnnxModel(b"", tiny_model("bert", "ForSequenceClassification").config, {"input_names": []})
+    assert info.value.fix == "pip install 'kp_lightning[onnx]'"
+
+
+@needs_onnx
+def test_a_multiple_choice_int8_model_takes_batch_choices_seq():
+    model = tiny_model("bert", "ForMultipleChoice")
+    quantizer = FakeQuantizer(model, default_quantized_linears(model), attach=True)
+
+    def choices_batch(seed: int, batch: int = 2, choices: int = 3, seq: int = 11) -> dict:
+        flat = tiny_batch(seed=seed, batch=batch * choices, seq=seq)
+        return {k: v.reshape(batch, choices, seq) for k, v in flat.items()}
+
+    model.train()
+    with torch.no_grad():
+        for i in range(3):
+            model(**choices_batch(10 + i))
+    model.eval()
+    int8 = convert_to_int8(model, quantizer)
+    for choices in (2, 4):  # the choices axis is dynamic too
+        batch = choices_batch(7, choices=choices)
+        assert (logits(int8, batch) - logits(model, batch)).abs().max() < 1e-5

@@ -21,6 +21,8 @@ class HeadLayout:
         lm_transform: Linear of an MLM transform whose output lives in the (tied) embedding space.
         lm_norm: LayerNorm of that transform.
         lm_decoder: Vocabulary projection reading the transform output, usually tied to the word embeddings.
+        choices: The model takes ``(batch, choices, seq)`` inputs and runs the encoder on them flattened to
+            ``(batch·choices, seq)`` (multiple choice); FLOPs and latency count per flattened sequence.
     """
 
     token_readers: tuple[str, ...] = ()
@@ -28,6 +30,7 @@ class HeadLayout:
     lm_transform: str | None = None
     lm_norm: str | None = None
     lm_decoder: str | None = None
+    choices: bool = False
 
     @property
     def token_level(self) -> tuple[str, ...]:
@@ -106,6 +109,8 @@ LAYOUTS: dict[str, EncoderLayout] = {
             "Model": HeadLayout(),
             "ForSequenceClassification": HeadLayout(),
             "ForQuestionAnswering": HeadLayout(token_readers=("qa_outputs",)),
+            "ForTokenClassification": HeadLayout(token_readers=("classifier",)),
+            "ForMultipleChoice": HeadLayout(choices=True),
             "ForMaskedLM": _BERT_MLM,
             "ForPreTraining": _BERT_MLM,
         },
@@ -140,6 +145,8 @@ LAYOUTS: dict[str, EncoderLayout] = {
             "Model": HeadLayout(),
             "ForSequenceClassification": HeadLayout(sequence_readers=("classifier.dense",)),
             "ForQuestionAnswering": HeadLayout(token_readers=("qa_outputs",)),
+            "ForTokenClassification": HeadLayout(token_readers=("classifier",)),
+            "ForMultipleChoice": HeadLayout(choices=True),
             "ForMaskedLM": HeadLayout(
                 lm_transform="lm_head.dense", lm_norm="lm_head.layer_norm", lm_decoder="lm_head.decoder"
             ),
@@ -171,6 +178,8 @@ LAYOUTS: dict[str, EncoderLayout] = {
             "Model": HeadLayout(),
             "ForSequenceClassification": HeadLayout(sequence_readers=("pre_classifier",)),
             "ForQuestionAnswering": HeadLayout(token_readers=("qa_outputs",)),
+            "ForTokenClassification": HeadLayout(token_readers=("classifier",)),
+            "ForMultipleChoice": HeadLayout(sequence_readers=("pre_classifier",), choices=True),
             "ForMaskedLM": HeadLayout(
                 lm_transform="vocab_transform", lm_norm="vocab_layer_norm", lm_decoder="vocab_projector"
             ),

@@ -12,6 +12,8 @@ AUTO_CLASS_FOR_TASK = {
     "Model": "AutoModel",
     "ForSequenceClassification": "AutoModelForSequenceClassification",
     "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "ForTokenClassification": "AutoModelForTokenClassification",
+    "ForMultipleChoice": "AutoModelForMultipleChoice",
     "ForMaskedLM": "AutoModelForMaskedLM",
     "ForPreTraining": "AutoModelForPreTraining",
 }

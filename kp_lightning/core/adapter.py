@@ -172,6 +172,11 @@ class EncoderAdapter:
         """The module list of encoder layers."""
         return get_module(self.base, self.layout.layers)
 
+    def input_shape(self, batch_size: int, seq_len: int, num_choices: int = 1) -> tuple[int, ...]:
+        """Shape of ``input_ids`` for ``batch_size`` examples: ``(batch, seq)``, or ``(batch, choices, seq)``
+        for a head that reads choices (multiple choice: ``batch_size · num_choices`` encoder sequences)."""
+        return (batch_size, num_choices, seq_len) if self.head.choices else (batch_size, seq_len)
+
     def shape(self) -> EncoderShape:
         """Current sizes, per layer."""
         return EncoderShape(
@@ -180,3 +185,12 @@ class EncoderAdapter:
             heads=tuple(layer.num_heads for layer in self.layers),
             neurons=tuple(layer.num_neurons for layer in self.layers),
         )
+
+
+def example_input_shape(model: nn.Module, batch_size: int, seq_len: int, num_choices: int = 1) -> tuple[int, ...]:
+    """:meth:`EncoderAdapter.input_shape` of ``model``; ``(batch, seq)`` for a model outside the layout table
+    (an int8 or other wrapper taking plain ``input_ids``)."""
+    try:
+        return EncoderAdapter(model).input_shape(batch_size, seq_len, num_choices)
+    except UnsupportedModelError:
+        return (batch_size, seq_len)

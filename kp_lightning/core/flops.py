@@ -59,12 +59,13 @@ def model_flops(model: nn.Module, seq_len: int) -> dict[str, int]:
 def measured_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> dict[str, int]:
     """FLOPs per sequence counted by ``FlopCounterMode`` on a random input: encoder layers and total.
 
-    Attention runs in eager mode while counting (fused CPU attention kernels have no FLOP formula).
+    Attention runs in eager mode while counting (fused CPU attention kernels have no FLOP formula). A
+    multiple-choice model gets one choice per example, so its counts are per encoder sequence too.
     """
     adapter = EncoderAdapter(model)
     device = next(model.parameters()).device
     vocab = adapter.word_embeddings.num_embeddings
-    ids = torch.randint(0, vocab, (batch_size, seq_len), device=device)
+    ids = torch.randint(0, vocab, adapter.input_shape(batch_size, seq_len), device=device)  # batch_size sequences
     was_training = model.training
     attn_implementation = model.config._attn_implementation
     model.eval()

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
+from .adapter import example_input_shape
+
 
 def environment(model: nn.Module) -> dict:
     """Device, dtype and thread count a measurement ran with."""
@@ -32,7 +34,8 @@ def measure_latency(
     """Median forward latency for each (batch size, sequence length).
 
     Args:
-        model: Any model taking ``input_ids`` and ``attention_mask``.
+        model: Any model taking ``input_ids`` and ``attention_mask`` (a multiple-choice model gets one choice
+            per example: ``batch_size`` sequences).
         batch_sizes: Batch sizes of the grid.
         seq_lens: Sequence lengths of the grid.
         vocab_size: Token ids are drawn below this (default: the config's ``vocab_size``).
@@ -48,7 +51,7 @@ def measure_latency(
     results = []
     for batch in batch_sizes:
         for seq in seq_lens:
-            ids = torch.randint(0, vocab, (batch, seq), device=device)
+            ids = torch.randint(0, vocab, example_input_shape(model, batch, seq), device=device)
             mask = torch.ones_like(ids)
             model(input_ids=ids, attention_mask=mask)  # warm-up
             timer = benchmark.Timer(

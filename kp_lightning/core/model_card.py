@@ -24,20 +24,13 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..data.glue_tasks import GLUE_TASKS
+from ..data.task_kinds import TASK_KIND_TABLE
 
 CARD_FILE = "README.md"
 KINDS = ("compact", "dense", "sparse", "int8")
-TASK_KIND_PIPELINES = {
-    "classification": "text-classification",
-    "regression": "text-classification",
-    "question_answering": "question-answering",
-    "masked_lm": "fill-mask",
-}
+TASK_KIND_PIPELINES = {name: kind.pipeline_tag for name, kind in TASK_KIND_TABLE.items()}
 CLASS_SUFFIX_PIPELINES = {
-    "ForSequenceClassification": "text-classification",
-    "ForQuestionAnswering": "question-answering",
-    "ForMaskedLM": "fill-mask",
-    "ForTokenClassification": "token-classification",
+    **{kind.head: kind.pipeline_tag for kind in TASK_KIND_TABLE.values()},
     "Model": "feature-extraction",
 }
 METHOD_TAGS = {
@@ -61,7 +54,18 @@ METRIC_TITLES = {
     "perplexity": "Perplexity",
     "loss": "Loss",
 }
+SIZE_FIELDS = (
+    ("sparse copy", ("storage", "sparse_file_bytes")),
+    ("model.onnx", ("onnx_file_bytes",)),
+    ("sparse int8 copy", ("sparse_int8_storage", "sparse_file_bytes")),
+)
 SQUAD_DATASETS = {"squad": ("rajpurkar/squad", "SQuAD v1.1"), "squad_v2": ("rajpurkar/squad_v2", "SQuAD v2.0")}
+
+
+def _get(report: dict, *keys):
+    for key in keys:
+        report = report.get(key) if isinstance(report, dict) else None
+    return report
 
 
 def hub_model_id(name: str | None) -> str | None:
@@ -246,6 +250,13 @@ def render_model_card(
         for label, fmt in rows:
             lines.append(f"| {label} | {fmt(small)} | {fmt(ref) if ref else '–'} |")
         lines.append("")
+    if isinstance(report.get("sparsity"), int | float):
+        pattern = f", pattern `{report['pattern']}`" if report.get("pattern") else ""
+        lines += [f"Zeros in the pruned Linear weights: {report['sparsity']:.1%}{pattern}.", ""]
+    sizes = [(label, _get(report, *keys)) for label, keys in SIZE_FIELDS]
+    sizes = [(label, size) for label, size in sizes if isinstance(size, int | float) and not isinstance(size, bool)]
+    if sizes:
+        lines += ["Size on disk: " + ", ".join(f"{label} {size / 1e6:.2f} MB" for label, size in sizes) + ".", ""]
     if isinstance(report.get("latency_speedup"), int | float):
         lines += [f"Measured latency speedup over the dense model: {report['latency_speedup']:.2f}×.", ""]
     lines += ["## Loading", "", "```python"]
@@ -262,11 +273,21 @@ def render_model_card(
             "",
             "model = load_int8(path)  # ONNX Runtime int8 kernels on CPU",
         ]
+    elif kind == "sparse":
+        remote = ", trust_remote_code=True" if str(title).startswith("KP") else ""  # a compact model, with its code
+        lines += [
+            "from transformers import AutoModel",
+            "",
+            f"model = AutoModel.from_pretrained(path{remote})  # pruned weights are zeros",
+            "",
+            "# the bitmask + non-zeros copy in sparse/ (when the export wrote one), with kp_lightning installed:",
+            "# from kp_lightning.sparsity.storage import load_sparse; model = load_sparse(f'{path}/sparse')",
+        ]
     else:
         lines += [
             "from transformers import AutoModel",
             "",
-            "model = AutoModel.from_pretrained(path)  # stock architecture, pruned weights are zeros",
+            "model = AutoModel.from_pretrained(path)  # stock architecture; pruned weights, if any, are zeros",
         ]
     lines += ["```", "", "Full numbers: `compression_report.json`."]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")

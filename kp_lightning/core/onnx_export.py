@@ -7,6 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kp_lightning.extras import require_onnx
+
+from .adapter import example_input_shape
+
 
 class _TensorOutputs(nn.Module):
     """Wraps a transformers model so it returns a tuple of tensors (ONNX wants plain outputs)."""
@@ -23,14 +27,27 @@ class _TensorOutputs(nn.Module):
 
 def output_names_of(model: nn.Module, seq_len: int = 8) -> list[str]:
     """Tensor outputs of a model's forward, in order (``logits``, ``start_logits``, ...)."""
-    ids = torch.zeros(1, seq_len, dtype=torch.long, device=next(model.parameters()).device)
+    shape = example_input_shape(model, 1, seq_len)
+    ids = torch.zeros(shape, dtype=torch.long, device=next(model.parameters()).device)
     with torch.no_grad():
         out = model.eval()(input_ids=ids, attention_mask=torch.ones_like(ids))
     return [k for k, v in out.items() if isinstance(v, torch.Tensor)]
 
 
+def example_ids_and_axes(model: nn.Module, batch_size: int, seq_len: int) -> tuple[torch.Tensor, dict]:
+    """Random ``input_ids`` to trace ``model`` with, and their dynamic axes: batch and sequence, plus choices
+    (``(batch, choices, seq)``) for a multiple-choice model."""
+    ids = torch.randint(0, model.config.vocab_size, example_input_shape(model, batch_size, seq_len, num_choices=2))
+    axes = {0: torch.export.Dim("batch", min=1, max=1024)}
+    if ids.dim() == 3:
+        axes[1] = torch.export.Dim("choices", min=1, max=64)
+    axes[ids.dim() - 1] = torch.export.Dim("seq", min=2, max=model.config.max_position_embeddings - 2)
+    return ids, axes
+
+
 def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16, batch_size: int = 2) -> Path:
-    """Export ``model`` to ONNX with dynamic batch and sequence axes.
+    """Export ``model`` to ONNX with dynamic batch and sequence axes (and choices, for a multiple-choice model:
+    ``input_ids`` of shape ``(batch, choices, seq)``).
 
     Args:
         model: Any supported encoder (stock or compact).
@@ -41,16 +58,15 @@ def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16, batch_siz
     Returns:
         The written path.
     """
+    require_onnx("export_onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     names = output_names_of(model)
     wrapper = _TensorOutputs(model, names).eval()
-    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len))
+    ids, axes = example_ids_and_axes(model, batch_size, seq_len)
     mask = torch.ones_like(ids)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    seq = torch.export.Dim("seq", min=2, max=model.config.max_position_embeddings - 2)
-    dims = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    dims = {"input_ids": axes, "attention_mask": axes}
     with torch.no_grad():
         program = torch.onnx.export(
             wrapper,
@@ -66,6 +82,7 @@ def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16, batch_siz
 
 def run_onnx(path: str | Path, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list:
     """Outputs of an exported model under onnxruntime (CPU)."""
+    require_onnx("run_onnx")
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -41,15 +41,24 @@ def model_summary(model: nn.Module, seq_len: int = 128) -> dict:
     }
 
 
-def compression_report(model: nn.Module, reference: nn.Module | None = None, seq_len: int = 128, **extra) -> dict:
+def compression_report(
+    model: nn.Module,
+    reference: nn.Module | None = None,
+    seq_len: int = 128,
+    reference_summary: dict | None = None,
+    **extra,
+) -> dict:
     """Report for ``model`` compared with ``reference`` (the dense model), plus any ``extra`` fields.
 
-    ``extra`` carries what only the caller knows (method, config, metrics before/after, phase timings,
-    latency), and is written as given.
+    ``reference_summary`` (a :func:`model_summary` taken earlier, e.g. before training changed the weights) stands
+    in for ``reference``. ``extra`` carries what only the caller knows (method, config, metrics before/after, phase
+    timings, latency), and is written as given.
     """
     report: dict = {"compressed": model_summary(model, seq_len)}
     if reference is not None:
-        report["reference"] = model_summary(reference, seq_len)
+        reference_summary = model_summary(reference, seq_len)
+    if reference_summary is not None:
+        report["reference"] = reference_summary
         small, big = report["compressed"], report["reference"]
         report["ratios"] = {
             "encoder_flops_kept": small["flops"]["analytic"]["encoder"] / big["flops"]["analytic"]["encoder"],
@@ -59,3 +68,16 @@ def compression_report(model: nn.Module, reference: nn.Module | None = None, seq
         }
     report.update(extra)
     return report
+
+
+def parameter_fields(report: dict) -> dict:
+    """Top-level parameter counts of a report with model summaries: ``params_dense`` / ``params_compressed``
+    (totals, tied tensors once) and ``nonzero_params_dense`` / ``nonzero_params_compressed`` (what unstructured
+    sparsity removes). The ``_dense`` ones only when the report has a reference."""
+    fields = {}
+    for side, key in (("dense", "reference"), ("compressed", "compressed")):
+        counts = (report.get(key) or {}).get("parameters")
+        if counts:
+            fields[f"params_{side}"] = counts["total"]
+            fields[f"nonzero_params_{side}"] = counts["nonzero"]
+    return fields

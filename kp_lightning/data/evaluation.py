@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torchmetrics
 from torch import nn
 
 from kp_lightning.data.task_metrics import TaskMetrics
@@ -11,11 +12,27 @@ from kp_lightning.data.task_spec import TaskSpec
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, dataloader, task: TaskSpec, input_keys: tuple[str, ...], prefix: str = "val/"
+    model: nn.Module,
+    dataloader,
+    task: TaskSpec,
+    input_keys: tuple[str, ...],
+    prefix: str = "val/",
+    sync: bool = True,
 ) -> dict[str, float]:
-    """Metric values of ``model`` over ``dataloader``, named like the training module logs them."""
+    """Metric values of ``model`` over ``dataloader``, named like the training module logs them.
+
+    Args:
+        sync: In a distributed run, combine the metric states of all processes (torchmetrics' default: every rank
+            must call this, or ``compute`` waits forever). ``False`` scores this process's batches alone, for a call
+            made on one rank (an export on rank 0).
+    """
     device = next(model.parameters()).device
     metrics = TaskMetrics(task).to(device)
+    if not sync:
+        for metric in metrics.modules():
+            if isinstance(metric, torchmetrics.Metric):
+                metric.sync_on_compute = False
+                metric._to_sync = False  # what compute() reads (set from sync_on_compute when the metric was built)
     was_training = model.training
     model.eval()
     for batch in dataloader:

@@ -7,8 +7,43 @@ import torchmetrics
 from torch import nn
 from torchmetrics import aggregation, classification, regression, text
 
+from kp_lightning.data.entity_metrics import ENTITY_METRICS, EntityCounts
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.errors import ConfigError
+
+COUNT_STATES = ("correct", "predicted", "gold", "correct_tags", "tags")
+
+
+class EntityScores(torchmetrics.Metric):
+    """Entity-level precision/recall/F1 (seqeval semantics) and tag accuracy of token classification.
+
+    Only positions with a label id (not ``-100``: the first sub-token of each word) are scored. The states are
+    sums, so distributed runs reduce them exactly.
+
+    Args:
+        label_names: Tag of each label id (``O``, ``B-PER``, ...).
+    """
+
+    full_state_update = False
+
+    def __init__(self, label_names: list[str]):
+        super().__init__()
+        self.label_names = list(label_names)
+        for name in COUNT_STATES:
+            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of predicted label ids and gold label ids, both ``[batch, seq]``."""
+        counts = EntityCounts()
+        for pred_row, gold_row in zip(predictions.cpu().tolist(), labels.cpu().tolist(), strict=True):
+            kept = [(p, g) for p, g in zip(pred_row, gold_row, strict=True) if g != -100]
+            counts.add([self.label_names[g] for _, g in kept], [self.label_names[p] for p, _ in kept])
+        for name in COUNT_STATES:
+            setattr(self, name, getattr(self, name) + getattr(counts, name))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        counts = EntityCounts(**{name: int(getattr(self, name)) for name in COUNT_STATES})
+        return {name: torch.tensor(value) for name, value in counts.scores().items()}
 
 
 def _metric(name: str, spec: TaskSpec) -> torchmetrics.Metric:
@@ -17,7 +52,7 @@ def _metric(name: str, spec: TaskSpec) -> torchmetrics.Metric:
             return aggregation.MeanMetric()
         if name == "perplexity":
             return text.Perplexity(ignore_index=-100)
-    elif spec.kind == "classification":
+    elif spec.kind in ("classification", "multiple_choice"):  # multiple choice: one class per choice
         if name == "accuracy":
             return classification.MulticlassAccuracy(num_classes=spec.num_labels, average="micro")
         if name == "f1":
@@ -38,7 +73,8 @@ class TaskMetrics(nn.Module):
     """The metrics of one task and one evaluation split, fed with model outputs and batches.
 
     For question answering the batch must carry the eval ``examples`` and ``window_counts`` made by
-    ``SquadEvalCollator``; predictions are post-processed into answer text per example before scoring.
+    ``SquadEvalCollator``; predictions are post-processed into answer text per example before scoring. Token
+    classification scores entities (:class:`EntityScores`: ``f1``, ``precision``, ``recall``, ``accuracy``).
     """
 
     def __init__(self, spec: TaskSpec):
@@ -46,6 +82,15 @@ class TaskMetrics(nn.Module):
         self.spec = spec
         if spec.kind == "question_answering":
             self.squad = text.SQuAD()
+            self.metrics = nn.ModuleDict()
+        elif spec.kind == "token_classification":
+            unknown = [m for m in spec.metrics if m not in ENTITY_METRICS]
+            if unknown:
+                raise ConfigError(
+                    f"Metric(s) {unknown} are not available for token classification task {spec.name!r}.",
+                    fix=f"choose from {list(ENTITY_METRICS)}",
+                )
+            self.entities = EntityScores(spec.label_names)
             self.metrics = nn.ModuleDict()
         else:
             self.metrics = nn.ModuleDict({name: _metric(name, spec) for name in spec.metrics})
@@ -59,6 +104,9 @@ class TaskMetrics(nn.Module):
             return
         logits = outputs.logits.detach().float()
         labels = batch["labels"]
+        if kind == "token_classification":
+            self.entities.update(logits.argmax(-1), labels)
+            return
         for name, metric in self.metrics.items():
             if kind == "masked_lm":
                 if name == "perplexity":
@@ -66,7 +114,7 @@ class TaskMetrics(nn.Module):
                 else:
                     selected = labels != -100
                     metric.update((logits.argmax(-1)[selected] == labels[selected]).float())
-            elif kind == "classification":
+            elif kind in ("classification", "multiple_choice"):
                 metric.update(logits.argmax(-1), labels)
             else:
                 metric.update(logits.squeeze(-1), labels.float())
@@ -82,8 +130,12 @@ class TaskMetrics(nn.Module):
         """Metric values by name (SQuAD: ``exact_match`` and ``f1`` in percent)."""
         if self.spec.kind == "question_answering":
             return dict(self.squad.compute())
+        if self.spec.kind == "token_classification":
+            values = self.entities.compute()
+            return {name: values[name] for name in self.spec.metrics}
         return {name: metric.compute() for name, metric in self.metrics.items()}
 
     def reset(self) -> None:
-        for metric in (*self.metrics.values(), *([self.squad] if hasattr(self, "squad") else [])):
+        extra = [getattr(self, name) for name in ("squad", "entities") if hasattr(self, name)]
+        for metric in (*self.metrics.values(), *extra):
             metric.reset()

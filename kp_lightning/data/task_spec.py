@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from kp_lightning.data.task_kinds import TASK_KINDS, task_kind
 from kp_lightning.errors import ConfigError
 
-TASK_KINDS = ("classification", "regression", "question_answering", "masked_lm")
-METRIC_NAMES = ("accuracy", "f1", "mcc", "pearson", "spearman", "exact_match", "perplexity")
+METRIC_NAMES = ("accuracy", "f1", "precision", "recall", "mcc", "pearson", "spearman", "exact_match", "perplexity")
 
 
 @dataclass
@@ -16,9 +16,10 @@ class TaskSpec:
 
     Attributes:
         name: Task name, e.g. ``"sst2"``, ``"squad"``, ``"mlm"`` or a user's own name.
-        kind: One of ``TASK_KINDS``; selects the model head and the loss.
-        num_labels: Output size of a classification head (1 for regression, 0 otherwise).
-        label_names: Class names in label-id order (classification only).
+        kind: One of ``TASK_KINDS`` (``kp_lightning.data.task_kinds``); selects the model head and the loss.
+        num_labels: Output size of a classification head (1 for regression), the number of tags of a token
+            classification head, the number of choices of a multiple-choice task; 0 otherwise.
+        label_names: Class names (or entity tags, ``O``, ``B-PER``...) in label-id order.
         metrics: Metric names from ``METRIC_NAMES``, the first one is the task's main metric.
         eval_splits: Names of the evaluation splits (MNLI has ``matched`` and ``mismatched``).
         allow_impossible: SQuAD v2 style unanswerable questions.
@@ -38,8 +39,14 @@ class TaskSpec:
         unknown = [m for m in self.metrics if m not in METRIC_NAMES]
         if unknown:
             raise ConfigError(f"Unknown metric(s) {unknown} for task {self.name!r}; known metrics: {METRIC_NAMES}.")
-        if self.kind == "classification" and self.num_labels < 2:
-            raise ConfigError(f"Classification task {self.name!r} needs num_labels >= 2, got {self.num_labels}.")
+        kind = task_kind(self.kind)
+        if self.num_labels < kind.min_labels:
+            raise ConfigError(
+                f"{self.kind} task {self.name!r} needs num_labels >= {kind.min_labels} (classes, tags or choices), "
+                f"got {self.num_labels}."
+            )
+        if kind.named_labels and len(self.label_names) != self.num_labels:
+            raise ConfigError(f"{self.kind} task {self.name!r} needs a name for each of its {self.num_labels} labels.")
         if self.kind == "regression" and self.num_labels != 1:
             raise ConfigError(f"Regression task {self.name!r} must have num_labels == 1, got {self.num_labels}.")
         if self.label_names and len(self.label_names) != self.num_labels:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import transformers
 
+from kp_lightning.data.task_kinds import task_kind
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.errors import ConfigError, KPError
 from kp_lightning.modules.distillation_losses import prediction_distillation_loss
@@ -67,7 +68,7 @@ class DistillationModule(TaskModule):
         super().__init__(model_name_or_path, task_spec, **kwargs)
         teacher = load_task_model(teacher_name_or_path, self.task).eval().requires_grad_(False)
         student_out = getattr(self.model.config, "num_labels", None)
-        if self.task.kind in ("classification", "regression") and teacher.config.num_labels != student_out:
+        if task_kind(self.task.kind).sized_by_labels and teacher.config.num_labels != student_out:
             raise ConfigError(
                 f"Teacher {teacher_name_or_path} predicts {teacher.config.num_labels} labels, the student "
                 f"{student_out}: distill from a teacher fine-tuned on {self.task.name!r}."

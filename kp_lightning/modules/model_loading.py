@@ -10,33 +10,72 @@ import torch
 import transformers
 from torch import nn
 
+from kp_lightning.compact_model.layouts import LAYOUTS, layout_for_model_type
 from kp_lightning.core.compaction import compact
 from kp_lightning.core.structure import EncoderStructure
+from kp_lightning.data.task_kinds import TASK_KIND_TABLE, task_kind
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.errors import ConfigError, MissingFileError, ModelLoadError
 from kp_lightning.pretrained_loading import load_pretrained
 
-AUTO_CLASSES = {
-    "classification": transformers.AutoModelForSequenceClassification,
-    "regression": transformers.AutoModelForSequenceClassification,
-    "question_answering": transformers.AutoModelForQuestionAnswering,
-    "masked_lm": transformers.AutoModelForMaskedLM,
-}
+AUTO_CLASSES = {name: getattr(transformers, kind.auto_class) for name, kind in TASK_KIND_TABLE.items()}
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
+PROBLEM_TYPES = {"classification": "single_label_classification", "regression": "regression"}
 
 
 def _head_kwargs(spec: TaskSpec) -> dict:
-    if spec.kind == "classification":
+    if not task_kind(spec.kind).sized_by_labels:
+        return {}
+    kwargs = {"num_labels": spec.num_labels}
+    if spec.kind in PROBLEM_TYPES:
+        kwargs["problem_type"] = PROBLEM_TYPES[spec.kind]
+    if spec.kind != "regression":
         names = spec.label_names or [str(i) for i in range(spec.num_labels)]
-        return {
-            "num_labels": spec.num_labels,
-            "id2label": dict(enumerate(names)),
-            "label2id": {name: i for i, name in enumerate(names)},
-            "problem_type": "single_label_classification",
-        }
-    if spec.kind == "regression":
-        return {"num_labels": 1, "problem_type": "regression"}
-    return {}
+        kwargs["id2label"] = dict(enumerate(names))
+        kwargs["label2id"] = {name: i for i, name in enumerate(names)}
+    return kwargs
+
+
+def _trained_labels(config) -> list[str] | None:
+    """The label names a trained head was saved with, or None when they are transformers' defaults (LABEL_i)."""
+    names = [str(config.id2label[i]) for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
+    return None if all(name == f"LABEL_{i}" for i, name in enumerate(names)) else names
+
+
+def check_trained_head(name_or_path: str, config, spec: TaskSpec, check_labels: bool = True) -> None:
+    """Refuse a checkpoint that cannot serve ``spec``: its architecture has no head of the task's kind (in the
+    layout table), or (``check_labels``) its trained head has another size or, for entity tags, other label
+    names or another label order.
+
+    Raises:
+        ConfigError: with what differs and how to proceed.
+    """
+    kind = task_kind(spec.kind)
+    layout = layout_for_model_type(getattr(config, "model_type", "") or "")
+    if layout is not None and kind.head not in layout.heads:
+        having = [other.class_prefix + kind.head for other in LAYOUTS.values() if kind.head in other.heads]
+        raise ConfigError(
+            f"{name_or_path} is a {layout.class_prefix} model, and there is no {layout.class_prefix}{kind.head}: "
+            f"{spec.kind} task {spec.name!r} cannot be run with it",
+            fix=f"use a model of an architecture that has one ({', '.join(having) or 'none'})",
+        )
+    trained = any(a.endswith(kind.head) for a in (config.architectures or []))
+    if not (check_labels and trained and kind.sized_by_labels):
+        return
+    if config.num_labels != spec.num_labels:
+        raise ConfigError(
+            f"{name_or_path} has a classification head with {config.num_labels} outputs but task "
+            f"{spec.name!r} needs {spec.num_labels}. Use a matching model, or set "
+            "ignore_mismatched_head: true to start from a new randomly initialised head."
+        )
+    trained_names = _trained_labels(config)
+    if kind.named_labels and trained_names and trained_names != list(spec.label_names):
+        raise ConfigError(
+            f"{name_or_path} was trained with the labels {trained_names} (in id order), but task {spec.name!r} "
+            f"has {list(spec.label_names)}: the head's outputs would mean other tags",
+            fix="set the data's label_names to the model's list, in that order, or set "
+            "ignore_mismatched_head: true to start from a new randomly initialised head",
+        )
 
 
 def load_task_model(name_or_path: str, spec: TaskSpec, ignore_mismatched_head: bool = False) -> nn.Module:
@@ -48,21 +87,15 @@ def load_task_model(name_or_path: str, spec: TaskSpec, ignore_mismatched_head: b
     not in the checkpoint (a new task head).
 
     Raises:
-        ValueError: The checkpoint has a classification head of another size and ``ignore_mismatched_head``
-            is off (fine-tuning an SST-2 model on MNLI needs a new head: say so explicitly).
+        ConfigError: The checkpoint has a trained head of another size (or, for entity tags, other label names)
+            and ``ignore_mismatched_head`` is off (fine-tuning an SST-2 model on MNLI needs a new head: say so
+            explicitly), or its architecture has no head of the task's kind.
     """
     if is_lightning_checkpoint(name_or_path):
         return _load_lightning_checkpoint(name_or_path, spec)
     refuse_inference_only_export(name_or_path)
     config = load_pretrained(transformers.AutoConfig, name_or_path)
-    trained_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
-    head_mismatch = trained_head and config.num_labels != spec.num_labels
-    if spec.kind in ("classification", "regression") and head_mismatch and not ignore_mismatched_head:
-        raise ConfigError(
-            f"{name_or_path} has a classification head with {config.num_labels} outputs but task "
-            f"{spec.name!r} needs {spec.num_labels}. Use a matching model, or set "
-            "ignore_mismatched_head: true to start from a new randomly initialised head."
-        )
+    check_trained_head(name_or_path, config, spec, check_labels=not ignore_mismatched_head)
     kwargs = _head_kwargs(spec)
     if ignore_mismatched_head:
         kwargs["ignore_mismatched_sizes"] = True

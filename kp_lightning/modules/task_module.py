@@ -17,7 +17,8 @@ from kp_lightning.modules.optimization import build_param_groups, linear_warmup_
 
 
 class TaskModule(pl.LightningModule):
-    """Fine-tune or evaluate ``AutoModelFor{SequenceClassification,QuestionAnswering,MaskedLM}``.
+    """Fine-tune or evaluate ``AutoModelFor{SequenceClassification,QuestionAnswering,MaskedLM,TokenClassification,
+    MultipleChoice}`` (the task kind's entry in :mod:`kp_lightning.data.task_kinds`).
 
     Args:
         model_name_or_path: Hub name, local directory or compressed export (``kp_lightning`` compact models load too).

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kp_lightning.data.task_kinds import ALL_TOKENS, LABELLED_TOKENS, SEQUENCE, SPAN, TASK_KIND_TABLE, VALUE
 from kp_lightning.errors import ConfigError
 
 from ..core.adapter import EncoderAdapter
@@ -42,17 +43,22 @@ def sublayer_order(num_layers: int) -> list[Sublayer]:
 
 
 def prediction_loss(kind: str, student: dict, teacher: dict, token_mask: torch.Tensor, temperature: float):
-    """Batch-mean distance of the student's predictions to the teacher's (kprune.md §2.2).
+    """Batch-mean distance of the student's predictions to the teacher's (kprune.md §2.2), by the kind's
+    ``predictions`` entry (:mod:`kp_lightning.data.task_kinds`).
 
-    Classification: ``T²·KL(p_T ‖ p_S)`` at temperature ``T``; regression: MSE; question answering: mean of
-    the start- and end-position KL (softmax over non-padding positions); masked LM: KL over non-padding tokens.
+    Classification and multiple choice: ``T²·KL(p_T ‖ p_S)`` at temperature ``T`` (over classes / choices);
+    regression: MSE; question answering: mean of the start- and end-position KL (softmax over the tokens of
+    ``token_mask``); masked LM and token classification: KL per token, averaged over the tokens of
+    ``token_mask`` (non-padding ones, or for token classification the labelled ones:
+    :meth:`SampleSet.prediction_mask`).
     """
     t2 = temperature**2
-    if kind == "regression":
+    predictions = TASK_KIND_TABLE[kind].predictions if kind in TASK_KIND_TABLE else None
+    if predictions == VALUE:
         return F.mse_loss(student["logits"].float(), teacher["logits"].float())
-    if kind == "classification":
+    if predictions == SEQUENCE:
         return _kl(student["logits"], teacher["logits"], temperature) * t2
-    if kind == "question_answering":
+    if predictions == SPAN:
         neg = torch.finfo(torch.float32).min
         parts = []
         for key in ("start_logits", "end_logits"):
@@ -60,7 +66,7 @@ def prediction_loss(kind: str, student: dict, teacher: dict, token_mask: torch.T
             t = teacher[key].float().masked_fill(~token_mask, neg)
             parts.append(_kl(s, t, temperature) * t2)
         return (parts[0] + parts[1]) / 2
-    if kind == "masked_lm":
+    if predictions in (ALL_TOKENS, LABELLED_TOKENS):
         s = student["logits"][token_mask]
         t = teacher["logits"][token_mask]
         return _kl(s, t, temperature) * t2

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..core.adapter import EncoderAdapter
 from ..core.compaction import compact
 from ..core.masks import StructuralMasks
+from ..data.task_kinds import TASK_KIND_TABLE
 from .distributed import all_reduce_sum, world
 from .knowledge import ATTENTION, KnowledgeProbe, output_projection, prediction_loss, present, sublayer_order
 from .layer_stream import embedding_output, layer_outputs, start_at_layer
@@ -26,8 +27,6 @@ from .mask_search import threshold_keep
 from .pruning_run import PruningRun, check_reduction, freeze
 from .result import PruneError, PruneResult
 from .sample_set import SampleSet
-
-OUTPUT_KEYS = {"question_answering": ("start_logits", "end_logits")}
 
 
 @dataclass
@@ -63,7 +62,7 @@ class KPruneConfig:
 
 
 def teacher_outputs(kind: str, out) -> dict[str, torch.Tensor]:
-    return {k: getattr(out, k).detach() for k in OUTPUT_KEYS.get(kind, ("logits",))}
+    return {k: getattr(out, k).detach() for k in TASK_KIND_TABLE[kind].outputs}
 
 
 def kprune(
@@ -73,8 +72,10 @@ def kprune(
 
     Args:
         model: A fine-tuned task model (stock or compact), on ``samples.device``.
-        samples: The sample set (training examples; labels are not used).
-        task_kind: ``classification``, ``regression`` or ``question_answering``.
+        samples: The sample set (training examples; label values are not used: for token classification only
+            which tokens carry a label id, the first sub-token of each word).
+        task_kind: ``classification``, ``regression``, ``question_answering``, ``token_classification`` or
+            ``multiple_choice`` (``kp_lightning.data.task_kinds.PRUNABLE_KINDS``).
         config: Method settings.
         progress: Show a tqdm bar per sublayer (rank 0 only).
     """
@@ -146,7 +147,8 @@ def _measure(student, sub, samples, soft, student_hidden, targets, task_kind, co
             out = student(**inputs)
             if backward:
                 student_out = {k: getattr(out, k) for k in soft[i]}
-                loss = prediction_loss(task_kind, student_out, soft[i], probe.token_mask, config.temperature)
+                mask = samples.prediction_mask(batch, task_kind)
+                loss = prediction_loss(task_kind, student_out, soft[i], mask, config.temperature)
                 loss.backward()
                 probe.after_backward()
     for s in probe.subs:

@@ -14,14 +14,13 @@ from torch import nn
 from ..core.adapter import EncoderAdapter
 from ..core.compaction import compact
 from ..core.masks import StructuralMasks
+from ..data.task_kinds import TASK_KIND_TABLE
 from .distributed import all_reduce_sum
 from .kwon_tuning import tune_mask_scales
 from .mask_search import kwon_search
-from .pruning_run import PruningRun, check_reduction, freeze
+from .pruning_run import PruningRun, check_reduction, check_task_kind, freeze
 from .result import PruneError, PruneResult
 from .sample_set import SampleSet
-
-LABEL_KEYS = {"question_answering": ("start_positions", "end_positions")}
 
 
 @dataclass
@@ -59,12 +58,14 @@ def kwon_prune(
     Args:
         model: A fine-tuned task model on ``samples.device``.
         samples: Training examples with labels (the Fisher information uses the task loss).
-        task_kind: ``classification``, ``regression`` or ``question_answering``.
+        task_kind: ``classification``, ``regression``, ``question_answering``, ``token_classification`` or
+            ``multiple_choice``.
         config: Method settings.
         progress: Show tqdm progress (rank 0 only).
     """
     config.validate()
-    label_keys = LABEL_KEYS.get(task_kind, ("labels",))
+    check_task_kind(task_kind)
+    label_keys = TASK_KIND_TABLE[task_kind].label_keys
     if any(k not in samples.all_batches[0] for k in label_keys):
         raise PruneError(
             f"Kwon et al.'s Fisher importance needs labelled samples ({', '.join(label_keys)}); the sample batches "

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from ..core.adapter import EncoderAdapter
 from ..core.mask_hooks import attach_masks
 from ..core.masks import StructuralMasks
+from ..data.task_kinds import TASK_KIND_TABLE
 from .distributed import all_reduce_sum, world
 from .layer_stream import embedding_output, layer_outputs
 from .sample_set import SampleSet
@@ -42,9 +43,9 @@ def tune_mask_scales(
 ) -> list[str]:
     """Multiply the kept values of ``masks`` by tuned scales, layer by layer (in place).
 
-    The attention sublayer of layer 0 is not tuned; for classification the last FFN is fitted on the first
-    token only (what the classifier reads). If a system has non-finite scales or one outside
-    ``±config.scale_bound``, tuning stops there, as in the reference code.
+    The attention sublayer of layer 0 is not tuned; for heads that read the first token only (classification,
+    multiple choice) the last FFN is fitted on that token only (what the classifier reads). If a system has
+    non-finite scales or one outside ``±config.scale_bound``, tuning stops there, as in the reference code.
 
     Returns:
         Notes for the report.
@@ -70,7 +71,7 @@ def tune_mask_scales(
             kept = torch.nonzero(values).flatten()
             if not len(kept) or (kind == "attention" and layer == 0):
                 continue
-            cls_only = kind == "ffn" and layer == last and task_kind == "classification"
+            cls_only = kind == "ffn" and layer == last and TASK_KIND_TABLE[task_kind].first_token_readout
             gram, rhs = _layer_system(model, view, kind, kept, samples, student_hidden, targets, masks, cls_only)
             scales = damped_scales(all_reduce_sum(gram), all_reduce_sum(rhs), len(kept), config.damping)
             if not torch.isfinite(scales).all() or bool((scales.abs() > config.scale_bound).any()):

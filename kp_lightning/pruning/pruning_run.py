@@ -14,11 +14,12 @@ from ..core.adapter import EncoderAdapter
 from ..core.compaction import compact, original_structure
 from ..core.flops import encoder_flops, head_flops, neuron_flops
 from ..core.masks import StructuralMasks
+from ..data.task_kinds import PRUNABLE_KINDS
 from .resources import MemoryTracker
 from .result import PruneError, PruneResult, structure_within
 from .sample_set import SampleSet
 
-SUPPORTED_KINDS = ("classification", "regression", "question_answering")
+SUPPORTED_KINDS = PRUNABLE_KINDS
 
 
 def check_reduction(value: float) -> None:
@@ -100,6 +101,7 @@ class PruningRun:
             notes=self.notes,
             stats={
                 "num_samples": self.samples.num_samples,
+                "num_sequences": self.samples.num_sequences,
                 "num_tokens": self.samples.num_tokens,
                 "num_batches": len(self.samples),
                 **self.memory.report(),

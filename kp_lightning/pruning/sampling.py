@@ -23,8 +23,18 @@ def check_sample_draw(sample_draw: str) -> None:
         raise PruneError(f"sample_draw must be one of {SAMPLE_DRAWS}, got {sample_draw!r}")
 
 
+def example_tokens(input_ids: Sequence) -> int:
+    """Tokens of one tokenized example: its length, or for a multiple-choice example (one token list per
+    choice) the lengths of all its choices."""
+    if len(input_ids) and isinstance(input_ids[0], list | tuple):
+        return sum(len(choice) for choice in input_ids)
+    return len(input_ids)
+
+
 def token_budget_indices(dataset: Sequence[dict], num_tokens: int, seed: int = 0) -> list[int]:
-    """Random distinct example indices, in draw order, until they hold ``num_tokens`` tokens (or the dataset ends)."""
+    """Random distinct example indices, in draw order, until they hold ``num_tokens`` tokens (or the dataset ends).
+
+    A multiple-choice example counts the tokens of all its choices (what the encoder runs on)."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     picked, tokens, chunk = [], 0, 1024
     for start in range(0, len(order), chunk):
@@ -34,7 +44,7 @@ def token_budget_indices(dataset: Sequence[dict], num_tokens: int, seed: int = 0
             if tokens >= num_tokens:
                 break
             picked.append(index)
-            tokens += len(input_ids)
+            tokens += example_tokens(input_ids)
         if tokens >= num_tokens:
             break
     return picked
@@ -85,7 +95,7 @@ def collate_sample_batches(
     if batch_size < 1:
         raise PruneError(f"batch_size must be positive, got {batch_size}")
     if len(indices) < batch_size:
-        tokens = sum(len(dataset[i]["input_ids"]) for i in indices)
+        tokens = sum(example_tokens(dataset[i]["input_ids"]) for i in indices)
         raise PruneError(
             f"the sample set has {len(indices)} examples ({tokens} tokens), fewer than one batch of {batch_size}: "
             "raise num_tokens, lower the batch size, or give a larger training split"

@@ -29,8 +29,11 @@ import transformers
 from torch import nn
 from transformers.utils import ModelOutput
 
-from kp_lightning.core.export import add_remote_code
-from kp_lightning.errors import ConfigError, MissingFileError
+from kp_lightning.core.export import REPORT_FILE, add_remote_code
+from kp_lightning.core.model_card import write_model_card
+from kp_lightning.core.onnx_export import example_ids_and_axes
+from kp_lightning.errors import ConfigError, MissingExtraError, MissingFileError
+from kp_lightning.extras import ONNX_FIX, require_onnx
 
 from .fake_quant import FakeQuantizer
 from .int8_linear import Int8Linear, int8_reference_model, onnx_translation_table
@@ -63,20 +66,19 @@ def _input_names(model: nn.Module) -> list[str]:
 
 
 def export_int8_onnx(int8_reference: nn.Module, path: str | Path, seq_len: int = 16, batch_size: int = 2) -> dict:
-    """Export a model built by :func:`int8_reference_model` to a QDQ ONNX file (dynamic batch and sequence axes).
+    """Export a model built by :func:`int8_reference_model` to a QDQ ONNX file (dynamic batch, sequence and, for
+    multiple choice, choices axes).
 
     Returns:
         ``{"input_names": [...], "output_names": [...]}``.
     """
     model = int8_reference.eval()
     input_names = _input_names(model)
-    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len))
+    ids, axes = example_ids_and_axes(model, batch_size, seq_len)
     example = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     with torch.no_grad():
         out = model(**{k: example[k] for k in input_names})
     output_names = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    seq = torch.export.Dim("seq", min=2, max=model.config.max_position_embeddings - 2)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")  # shared batch/seq dims
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
@@ -85,7 +87,7 @@ def export_int8_onnx(int8_reference: nn.Module, path: str | Path, seq_len: int =
             tuple(example[k] for k in input_names),
             input_names=input_names,
             output_names=output_names,
-            dynamic_shapes={k: {0: batch, 1: seq} for k in input_names},
+            dynamic_shapes={k: axes for k in input_names},
             custom_translation_table=onnx_translation_table(),
             dynamo=True,
             verbose=False,
@@ -117,8 +119,10 @@ class Int8OnnxModel(nn.Module):
     def _session(self):
         try:
             import onnxruntime
-        except ImportError as err:  # pragma: no cover - onnxruntime is an optional dependency
-            raise ImportError("the int8 model runs on onnxruntime: pip install 'kp_lightning[onnx]'") from err
+        except ImportError as err:  # onnxruntime is an optional dependency
+            raise MissingExtraError(
+                f"the int8 model runs on onnxruntime, which is not installed ({err})", fix=ONNX_FIX
+            ) from None
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.num_threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -209,17 +213,36 @@ def convert_to_int8(
     if unsigned_weights is None:
         unsigned_weights = not cpu_has_vnni()
     reference = int8_reference_model(model, quantizer, unsigned_weights)
+    require_onnx("converting to an int8 ONNX model")
     with tempfile.TemporaryDirectory() as tmp:
         io = export_int8_onnx(reference, Path(tmp) / ONNX_FILE)
         onnx_model = (Path(tmp) / ONNX_FILE).read_bytes()
     return Int8OnnxModel(onnx_model, reference.config, _meta(reference, quantizer, io, unsigned_weights), num_threads)
 
 
-def save_int8(model: Int8OnnxModel, out_dir: str | Path, tokenizer=None) -> Path:
-    """Write ``model.onnx``, ``config.json``, ``quantization.json`` (and the tokenizer) to ``out_dir``.
+def int8_report(model: Int8OnnxModel, report: dict | None = None) -> dict:
+    """The ``compression_report.json`` of an int8 export: ``report``'s fields (metrics, model summaries, sizes)
+    with ``export: "int8"``, the method (``QuantizationAwareTraining`` unless given), the number of int8 linears and
+    the size of ``model.onnx``."""
+    report = {"export": "int8", **(report or {})}
+    report.setdefault("method", "QuantizationAwareTraining")
+    report.setdefault("quantized_linears", len(model.meta.get("linears", {})))
+    report["unsigned_weights"] = model.meta.get("unsigned_weights")
+    report["onnx_file_bytes"] = len(model.onnx_model)
+    return report
+
+
+def save_int8(
+    model: Int8OnnxModel, out_dir: str | Path, tokenizer=None, report: dict | None = None, base_model: str | None = None
+) -> Path:
+    """Write ``model.onnx``, ``config.json``, ``quantization.json`` (and the tokenizer) to ``out_dir``, then
+    ``compression_report.json`` (:func:`int8_report` of ``report``) and the ``README.md`` model card (kind
+    ``int8``; ``base_model`` defaults to ``report["base_model"]``).
 
     The config of a compact model (``kp_bert``...) comes with the compact code and an ``auto_map``, so
-    ``AutoConfig.from_pretrained(out_dir, trust_remote_code=True)`` reads it without kp_lightning.
+    ``AutoConfig.from_pretrained(out_dir, trust_remote_code=True)`` reads it without kp_lightning. The files are
+    written into ``out_dir`` as they come: write into a staging directory (``kp_lightning.core.export.staging_dir``)
+    for an all-or-nothing directory.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,6 +252,11 @@ def save_int8(model: Int8OnnxModel, out_dir: str | Path, tokenizer=None) -> Path
     (out_dir / QUANT_CONFIG_FILE).write_text(json.dumps(model.meta, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+    full = int8_report(model, report)
+    (out_dir / REPORT_FILE).write_text(json.dumps(full, indent=2, default=str))
+    architecture = (getattr(model.config, "architectures", None) or [None])[0]
+    kwargs = {"base_model": base_model} if base_model is not None else {}
+    write_model_card(out_dir, full, "int8", architecture=architecture, **kwargs)
     return out_dir
 
 

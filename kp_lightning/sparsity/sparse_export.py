@@ -1,4 +1,4 @@
-"""Write a sparse model: the Hugging Face directory (zeros in place), a sparsity report and a compressed copy."""
+"""Write a sparse model: the Hugging Face directory (zeros in place), its reports, model card and a compressed copy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 
 from torch import nn
 
-from kp_lightning.core.export import add_remote_code, staging_dir
+from kp_lightning.core.export import REPORT_FILE, add_remote_code, staging_dir
+from kp_lightning.core.model_card import write_model_card
+from kp_lightning.core.report import compression_report, parameter_fields
 from kp_lightning.sparsity.masked_weights import MaskedWeights
 from kp_lightning.sparsity.storage import save_sparse
 
@@ -34,15 +36,35 @@ def write_sparse_model(
     extra: dict | None = None,
     storage_values: str | None = "float32",
     overwrite: bool = True,
+    report_fields: dict | None = None,
+    reference_summary: dict | None = None,
 ) -> dict:
     """Save ``model`` with ``save_pretrained`` (any tool loads it; a compact model with its code, for
-    ``trust_remote_code=True``), ``sparsity_report.json`` and, unless
-    ``storage_values`` is ``None``, the bitmask + non-zeros copy in ``<out_dir>/sparse``.
+    ``trust_remote_code=True``), ``sparsity_report.json``, ``compression_report.json``, the ``README.md`` model
+    card (kind ``sparse``) and, unless ``storage_values`` is ``None``, the bitmask + non-zeros copy in
+    ``<out_dir>/sparse``. Everything is written to a staging directory first: ``out_dir`` appears complete or not
+    at all.
+
+    Args:
+        model: The sparse model (fake quantization may be attached: its weights are what is saved).
+        out_dir: Target directory.
+        masked: The masks that made ``model`` sparse.
+        tokenizer: Saved alongside when given.
+        extra: Fields of both reports (method, pattern, schedule...).
+        storage_values: Value type of the compressed copy, or ``None`` to skip it.
+        overwrite: Replace a non-empty ``out_dir``.
+        report_fields: Fields of ``compression_report.json`` only (base_model, task, metric_name, metric_dense,
+            metric_compressed...; see :mod:`kp_lightning.compare`).
+        reference_summary: :func:`~kp_lightning.core.report.model_summary` of the model before pruning, for the
+            report's reference and ratios.
 
     Returns:
-        The report (also written to ``sparsity_report.json``).
+        The sparsity report (also written to ``sparsity_report.json``).
     """
     report = {**(extra or {}), **sparsity_summary(masked)}
+    fields = {"export": "sparse", **report, **(report_fields or {})}
+    compression = compression_report(model, reference_summary=reference_summary, **fields)
+    compression.update(parameter_fields(compression))
     with staging_dir(Path(out_dir), overwrite) as staging:
         model.save_pretrained(staging)
         add_remote_code(staging, model.config)  # a compact model loads with trust_remote_code, as its export does
@@ -50,6 +72,8 @@ def write_sparse_model(
             tokenizer.save_pretrained(staging)
         if storage_values is not None:
             sizes = save_sparse(model, staging / SPARSE_SUBDIR, values=storage_values, tokenizer=tokenizer)
-            report["storage"] = sizes
+            report["storage"] = compression["storage"] = sizes
         (staging / SPARSITY_REPORT).write_text(json.dumps(report, indent=2))
+        (staging / REPORT_FILE).write_text(json.dumps(compression, indent=2, default=str))
+        write_model_card(staging, compression, "sparse")
     return report

@@ -1,0 +1,37 @@
+"""Local table files (JSON, JSON lines, Parquet, CSV) read with ``datasets``, in memory."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import datasets
+
+from kp_lightning.data.glue_files import DataFormatError
+from kp_lightning.errors import MissingFileError
+
+TABLE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def is_table_file(path: str | Path) -> bool:
+    """Whether ``path`` has a suffix :func:`read_table` reads."""
+    return Path(path).suffix.lower() in TABLE_BUILDERS
+
+
+def read_table(path: str | Path) -> datasets.Dataset:
+    """A JSON(-lines), Parquet or CSV file as a ``datasets.Dataset`` kept in memory (no cache left on disk).
+
+    Raises:
+        MissingFileError: the file does not exist.
+        DataFormatError: another suffix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"data file not found: {path}")
+    if not is_table_file(path):
+        raise DataFormatError(f"{path}: unknown table format", fix=f"use one of {sorted(TABLE_BUILDERS)}")
+    with tempfile.TemporaryDirectory() as cache:
+        loaded = datasets.load_dataset(
+            TABLE_BUILDERS[path.suffix.lower()], data_files={"data": str(path)}, cache_dir=cache, keep_in_memory=True
+        )
+    return loaded["data"]
