@@ -319,3 +319,34 @@ def test_a_multiple_choice_int8_model_takes_batch_choices_seq():
     for choices in (2, 4):  # the choices axis is dynamic too
         batch = choices_batch(7, choices=choices)
         assert (logits(int8, batch) - logits(model, batch)).abs().max() < 1e-5
+
+
+def test_a_decoder_tied_to_the_embeddings_is_not_quantized():
+    model = tiny_model("bert", "ForMaskedLM")
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    names = default_quantized_linears(model)
+    assert "cls.predictions.decoder" not in names and "cls.predictions.transform.dense" in names
+    assert "bert.encoder.layer.0.attention.self.query" in names
+
+
+@needs_onnx
+def test_qat_of_a_masked_lm_writes_its_int8_model(tmp_path):
+    import lightning.pytorch as pl
+
+    from kp_lightning.datamodules import MLMDataModule
+    from kp_lightning.modules import TaskModule
+    from tests.text_fixtures import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "mlm", "ForMaskedLM")
+    (tmp_path / "corpus.txt").write_text("the movie was good and the plot was dull\n\n" * 20)
+    corpus = str(tmp_path / "corpus.txt")
+    data = MLMDataModule(corpus, corpus, tokenizer=str(model_dir), max_length=32, batch_size=4, cache_dir=None)
+    module = TaskModule(str(model_dir), task_spec=data.task_spec, learning_rate=1e-4)
+    qat = QuantizationAwareTraining(output_dir=str(tmp_path / "int8"))
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[qat],
+                         default_root_dir=str(tmp_path))  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    int8 = load_int8(tmp_path / "int8")
+    batch = {k: v for k, v in next(iter(data.val_dataloader())).items() if k in ("input_ids", "attention_mask")}
+    assert int8(**batch).logits.shape == module.model(**batch).logits.shape

@@ -50,12 +50,15 @@ _UNINITIALIZED = (
 
 
 def default_quantized_linears(model: nn.Module, exclude: Iterable[str] = ()) -> list[str]:
-    """Names of all ``nn.Linear`` modules of ``model`` except those whose name contains a substring in ``exclude``."""
+    """Names of all ``nn.Linear`` modules of ``model`` except those whose name contains a substring in ``exclude``
+    and those whose weight is an embedding's (an MLM decoder tied to the word embeddings stays float: quantizing
+    it would quantize the embedding matrix too, and the int8 export keeps embeddings float)."""
     exclude = tuple(exclude)
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not any(s in name for s in exclude)
+        if isinstance(module, nn.Linear) and not any(s in name for s in exclude) and id(module.weight) not in tied
     ]
 
 
