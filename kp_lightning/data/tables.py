@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 
 from kp_lightning.data.glue_files import DataFormatError
-from kp_lightning.errors import MissingFileError
+from kp_lightning.errors import ConfigError, MissingFileError
 
 TABLE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -35,3 +35,18 @@ def read_table(path: str | Path) -> datasets.Dataset:
             TABLE_BUILDERS[path.suffix.lower()], data_files={"data": str(path)}, cache_dir=cache, keep_in_memory=True
         )
     return loaded["data"]
+
+
+def train_validation_sources(data_files: dict, hub_name: str | None, hub_config: str | None = None) -> dict:
+    """The ``train`` and ``validation`` sources of a data module: its local files, or the hub dataset's splits.
+
+    Raises:
+        ConfigError: the hub dataset lacks one of the two splits.
+    """
+    if hub_name is None:
+        return dict(data_files)
+    loaded = datasets.load_dataset(hub_name, hub_config)
+    missing = [split for split in ("train", "validation") if split not in loaded]
+    if missing:
+        raise ConfigError(f"hub dataset {hub_name} has no {missing} split(s); it has {list(loaded)}")
+    return {"train": loaded["train"], "validation": loaded["validation"]}

@@ -7,6 +7,7 @@ from pathlib import Path
 import datasets
 
 from kp_lightning.data.multiple_choice import MultipleChoiceCollator, load_choice_splits, tokenize_choices
+from kp_lightning.data.tables import train_validation_sources
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.datamodules.base import EncoderDataModule, file_fingerprint
 from kp_lightning.errors import ConfigError, MissingFileError
@@ -71,7 +72,9 @@ class MultipleChoiceDataModule(EncoderDataModule):
             "choices_column": choices_column,
             "label_column": label_column,
         }
-        self._raw = load_choice_splits(self._sources(), **self.columns)
+        self._raw = load_choice_splits(
+            train_validation_sources(self.data_files, self.hub_name, self.hub_config), **self.columns
+        )
         self._spec = TaskSpec(
             name=task_name,
             kind="multiple_choice",
@@ -79,15 +82,6 @@ class MultipleChoiceDataModule(EncoderDataModule):
             metrics=["accuracy"],
         )
         self.save_hyperparameters()
-
-    def _sources(self) -> dict:
-        if self.hub_name is None:
-            return dict(self.data_files)
-        loaded = datasets.load_dataset(self.hub_name, self.hub_config)
-        missing = [split for split in ("train", "validation") if split not in loaded]
-        if missing:
-            raise ConfigError(f"hub dataset {self.hub_name} has no {missing} split(s); it has {list(loaded)}")
-        return {"train": loaded["train"], "validation": loaded["validation"]}
 
     @property
     def task_spec(self) -> TaskSpec:

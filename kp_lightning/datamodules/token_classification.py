@@ -8,6 +8,7 @@ import datasets
 import transformers
 
 from kp_lightning.data.entity_metrics import ENTITY_METRICS
+from kp_lightning.data.tables import train_validation_sources
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.data.token_classification import (
     begin_to_inside,
@@ -93,7 +94,12 @@ class TokenClassificationDataModule(EncoderDataModule):
         self.hub_name, self.hub_config = hub_name, hub_config
         self.columns = (tokens_column, tags_column)
         self.label_all_tokens = label_all_tokens
-        self._raw, names = load_tagged_splits(self._sources(), tokens_column, tags_column, label_names)
+        self._raw, names = load_tagged_splits(
+            train_validation_sources(self.data_files, self.hub_name, self.hub_config),
+            tokens_column,
+            tags_column,
+            label_names,
+        )
         self._spec = TaskSpec(
             name=task_name,
             kind="token_classification",
@@ -102,15 +108,6 @@ class TokenClassificationDataModule(EncoderDataModule):
             metrics=list(metrics or ENTITY_METRICS),
         )
         self.save_hyperparameters()
-
-    def _sources(self) -> dict:
-        if self.hub_name is None:
-            return dict(self.data_files)
-        loaded = datasets.load_dataset(self.hub_name, self.hub_config)
-        missing = [split for split in ("train", "validation") if split not in loaded]
-        if missing:
-            raise ConfigError(f"hub dataset {self.hub_name} has no {missing} split(s); it has {list(loaded)}")
-        return {"train": loaded["train"], "validation": loaded["validation"]}
 
     @property
     def task_spec(self) -> TaskSpec:
