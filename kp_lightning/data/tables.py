@@ -50,3 +50,27 @@ def train_validation_sources(data_files: dict, hub_name: str | None, hub_config:
     if missing:
         raise ConfigError(f"hub dataset {hub_name} has no {missing} split(s); it has {list(loaded)}")
     return {"train": loaded["train"], "validation": loaded["validation"]}
+
+
+def check_data_sources(
+    train_file: str | None, validation_file: str | None, hub_name: str | None, task: str, formats: str
+) -> dict:
+    """The ``{split: file}`` of a data module that takes both files or a hub name, checked before any work.
+
+    Raises:
+        ConfigError: neither both files nor a hub name, or both kinds given.
+        MissingFileError: a given file does not exist.
+    """
+    files = {k: v for k, v in (("train", train_file), ("validation", validation_file)) if v}
+    if hub_name is None and len(files) != 2:
+        raise ConfigError(
+            f"{task} needs train_file and validation_file, or hub_name",
+            fix=f"set --data.init_args.train_file and --data.init_args.validation_file ({formats}), "
+            "or --data.init_args.hub_name",
+        )
+    if hub_name is not None and files:
+        raise ConfigError("give either hub_name or train_file/validation_file, not both")
+    for split, file in files.items():
+        if not Path(file).is_file():
+            raise MissingFileError(f"{split} file not found: {file}")
+    return files

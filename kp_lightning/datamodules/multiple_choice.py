@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import datasets
 
 from kp_lightning.data.multiple_choice import MultipleChoiceCollator, load_choice_splits, tokenize_choices
-from kp_lightning.data.tables import train_validation_sources
+from kp_lightning.data.tables import check_data_sources, train_validation_sources
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.datamodules.base import EncoderDataModule, file_fingerprint
-from kp_lightning.errors import ConfigError, MissingFileError
 
 SWAG_ENDINGS = ["ending0", "ending1", "ending2", "ending3"]
 
@@ -50,18 +47,7 @@ class MultipleChoiceDataModule(EncoderDataModule):
         task_name: str = "swag",
         **kwargs,
     ):
-        files = {k: v for k, v in (("train", train_file), ("validation", validation_file)) if v}
-        if hub_name is None and len(files) != 2:
-            raise ConfigError(
-                "multiple choice needs train_file and validation_file, or hub_name",
-                fix="set --data.init_args.train_file and --data.init_args.validation_file (CSV, JSON or Parquet), "
-                "or --data.init_args.hub_name",
-            )
-        if hub_name is not None and files:
-            raise ConfigError("give either hub_name or train_file/validation_file, not both")
-        for split, file in files.items():
-            if not Path(file).is_file():
-                raise MissingFileError(f"{split} file not found: {file}")
+        files = check_data_sources(train_file, validation_file, hub_name, "multiple choice", "CSV, JSON or Parquet")
         super().__init__(**kwargs)
         self.data_files = files
         self.hub_name, self.hub_config = hub_name, hub_config

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import datasets
 import transformers
 
 from kp_lightning.data.entity_metrics import ENTITY_METRICS
-from kp_lightning.data.tables import train_validation_sources
+from kp_lightning.data.tables import check_data_sources, train_validation_sources
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.data.token_classification import (
     begin_to_inside,
@@ -17,7 +15,7 @@ from kp_lightning.data.token_classification import (
     tokenize_and_align,
 )
 from kp_lightning.datamodules.base import EncoderDataModule, file_fingerprint
-from kp_lightning.errors import ConfigError, MissingFileError
+from kp_lightning.errors import ConfigError
 from kp_lightning.modules.model_loading import tokenizer_source
 from kp_lightning.pretrained_loading import load_pretrained
 
@@ -65,18 +63,9 @@ class TokenClassificationDataModule(EncoderDataModule):
         task_name: str = "ner",
         **kwargs,
     ):
-        files = {k: v for k, v in (("train", train_file), ("validation", validation_file)) if v}
-        if hub_name is None and len(files) != 2:
-            raise ConfigError(
-                "token classification needs train_file and validation_file, or hub_name",
-                fix="set --data.init_args.train_file and --data.init_args.validation_file (CoNLL, JSON, Parquet "
-                "or CSV), or --data.init_args.hub_name",
-            )
-        if hub_name is not None and files:
-            raise ConfigError("give either hub_name or train_file/validation_file, not both")
-        for split, file in files.items():
-            if not Path(file).is_file():
-                raise MissingFileError(f"{split} file not found: {file}")
+        files = check_data_sources(
+            train_file, validation_file, hub_name, "token classification", "CoNLL, JSON, Parquet or CSV"
+        )
         unknown = [m for m in metrics or [] if m not in ENTITY_METRICS]
         if unknown:
             raise ConfigError(f"unknown token classification metric(s) {unknown}", fix=f"use {list(ENTITY_METRICS)}")
