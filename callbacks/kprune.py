@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from kp_lightning.core.adapter import EncoderAdapter
 from kp_lightning.core.compaction import compact
 from kp_lightning.core.structure import EncoderStructure
+from kp_lightning.embedding.losses import DEFAULT_EMBEDDING_LOSS
 from kp_lightning.modules.model_loading import STRUCTURE_STATE_KEY, accepted_inputs
 from kp_lightning.pruning import KPruneConfig, KwonConfig, PruneError, PruneResult, kprune, kwon_prune
 from kp_lightning.pruning.pruning_run import check_reduction, check_task_kind
@@ -53,6 +54,9 @@ class KPrune(pl.Callback):
         weight_tuning: K-prune least-squares weight tuning (KPWT), or Kwon mask tuning.
         seq_len: Sequence length of the FLOPs model (default: mean length of the sample set, or ``L`` with
             ``sample_draw="reference"``).
+        embedding_loss: Embedding models, K-prune: the embedding-distillation loss of predictive knowledge
+            (``similarity_kl``, ``cosine_mse`` or both joined by ``+``: :mod:`kp_lightning.embedding.losses`).
+            Kwon et al. on embeddings always use the in-batch contrastive loss as their Fisher objective.
         allow_untrained_head: Prune even if the task head was newly initialised when the model was loaded.
         progress: Show per-sublayer progress bars.
     """
@@ -73,6 +77,7 @@ class KPrune(pl.Callback):
         mu: float = 64.0,
         weight_tuning: bool = True,
         seq_len: float | None = None,
+        embedding_loss: str = DEFAULT_EMBEDDING_LOSS,
         allow_untrained_head: bool = False,
         progress: bool = True,
     ):
@@ -103,7 +108,7 @@ class KPrune(pl.Callback):
         self.progress = progress
         if method == "kprune":
             self.config = KPruneConfig(
-                flops_reduction, temperature, lambda_pred, lambda_rep, mu, weight_tuning, seq_len
+                flops_reduction, temperature, lambda_pred, lambda_rep, mu, weight_tuning, seq_len, embedding_loss
             )
         else:
             self.config = KwonConfig(flops_reduction, mask_tuning=weight_tuning, seq_len=seq_len)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SEQUENCE, VALUE, SPAN, ALL_TOKENS, LABELLED_TOKENS = "sequence", "value", "span", "all_tokens", "labelled_tokens"
+EMBEDDING = "embedding"
 """How two models' predictions are compared: KL per example (``sequence``), MSE (``value``), start/end KL over the
 non-padding positions (``span``), KL per token over every non-padding token (``all_tokens``) or over the tokens
-that carry a label id, i.e. the first sub-token of each word (``labelled_tokens``)."""
+that carry a label id, i.e. the first sub-token of each word (``labelled_tokens``), or an embedding-distillation
+loss between pooled sentence embeddings (``embedding``: :mod:`kp_lightning.embedding.losses`)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class TaskKind:
             there).
         prunable: Retraining-free pruning (K-prune, Kwon et al.) applies to it.
         min_labels: Fewest labels (classes, tags or choices, ``TaskSpec.num_labels``) a task of this kind has.
+        pooled: The model's output is a pooled sentence embedding (``sentence_embedding``, from the last hidden
+            state and the model's pooling settings: :mod:`kp_lightning.embedding.pooling`).
+        eval_loss: Evaluation batches carry labels, so a validation loss is logged.
     """
 
     head: str
@@ -45,6 +50,8 @@ class TaskKind:
     first_token_readout: bool = False
     prunable: bool = True
     min_labels: int = 0
+    pooled: bool = False
+    eval_loss: bool = True
 
 
 TASK_KIND_TABLE: dict[str, TaskKind] = {
@@ -71,6 +78,7 @@ TASK_KIND_TABLE: dict[str, TaskKind] = {
         SPAN,
         outputs=("start_logits", "end_logits"),
         label_keys=("start_positions", "end_positions"),
+        eval_loss=False,  # evaluation windows carry no positions
     ),
     "masked_lm": TaskKind("ForMaskedLM", "AutoModelForMaskedLM", "fill-mask", ALL_TOKENS, prunable=False),
     "token_classification": TaskKind(
@@ -89,6 +97,16 @@ TASK_KIND_TABLE: dict[str, TaskKind] = {
         SEQUENCE,
         first_token_readout=True,
         min_labels=2,
+    ),
+    "embedding": TaskKind(
+        "Model",
+        "AutoModel",
+        "sentence-similarity",
+        EMBEDDING,
+        outputs=("sentence_embedding",),
+        label_keys=(),
+        pooled=True,
+        eval_loss=False,
     ),
 }
 

@@ -7,6 +7,7 @@ import torchmetrics
 from torch import nn
 from torchmetrics import aggregation, classification, regression, text
 
+from kp_lightning.data.embedding_metrics import EMBEDDING_METRICS, EmbeddingMetrics
 from kp_lightning.data.entity_metrics import ENTITY_METRICS, EntityCounts
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.errors import ConfigError
@@ -83,6 +84,15 @@ class TaskMetrics(nn.Module):
         if spec.kind == "question_answering":
             self.squad = text.SQuAD()
             self.metrics = nn.ModuleDict()
+        elif spec.kind == "embedding":
+            unknown = [m for m in spec.metrics if m not in EMBEDDING_METRICS]
+            if unknown:
+                raise ConfigError(
+                    f"Metric(s) {unknown} are not available for embedding task {spec.name!r}.",
+                    fix=f"choose from {list(EMBEDDING_METRICS)}",
+                )
+            self.embedding = EmbeddingMetrics(spec.metrics)
+            self.metrics = nn.ModuleDict()
         elif spec.kind == "token_classification":
             unknown = [m for m in spec.metrics if m not in ENTITY_METRICS]
             if unknown:
@@ -101,6 +111,9 @@ class TaskMetrics(nn.Module):
         kind = self.spec.kind
         if kind == "question_answering":
             self._update_squad(outputs, batch)
+            return
+        if kind == "embedding":
+            self.embedding.update(outputs["sentence_embedding"], batch)
             return
         logits = outputs.logits.detach().float()
         labels = batch["labels"]
@@ -130,12 +143,14 @@ class TaskMetrics(nn.Module):
         """Metric values by name (SQuAD: ``exact_match`` and ``f1`` in percent)."""
         if self.spec.kind == "question_answering":
             return dict(self.squad.compute())
+        if self.spec.kind == "embedding":
+            return self.embedding.compute()
         if self.spec.kind == "token_classification":
             values = self.entities.compute()
             return {name: values[name] for name in self.spec.metrics}
         return {name: metric.compute() for name, metric in self.metrics.items()}
 
     def reset(self) -> None:
-        extra = [getattr(self, name) for name in ("squad", "entities") if hasattr(self, name)]
+        extra = [getattr(self, name) for name in ("squad", "entities", "embedding") if hasattr(self, name)]
         for metric in (*self.metrics.values(), *extra):
             metric.reset()

@@ -7,7 +7,21 @@ from dataclasses import asdict, dataclass, field
 from kp_lightning.data.task_kinds import TASK_KINDS, task_kind
 from kp_lightning.errors import ConfigError
 
-METRIC_NAMES = ("accuracy", "f1", "precision", "recall", "mcc", "pearson", "spearman", "exact_match", "perplexity")
+METRIC_NAMES = (
+    "accuracy",
+    "f1",
+    "precision",
+    "recall",
+    "mcc",
+    "pearson",
+    "spearman",
+    "exact_match",
+    "perplexity",
+    "ndcg10",
+    "mrr10",
+    "recall1",
+    "recall10",
+)
 
 
 @dataclass

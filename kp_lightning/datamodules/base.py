@@ -104,6 +104,10 @@ class EncoderDataModule(pl.LightningDataModule):
     def eval_collator(self):
         return self.train_collator()
 
+    def eval_split_collator(self, split: str):
+        """Collator of one evaluation split (its dataset key, e.g. ``validation_sts``); default ``eval_collator()``."""
+        return self.eval_collator()
+
     # ---- caching --------------------------------------------------------------------------------
     def _cache_path(self) -> Path | None:
         if self.cache_dir is None:
@@ -188,7 +192,7 @@ class EncoderDataModule(pl.LightningDataModule):
             batch_size=self.eval_batch_size,
             sampler=sampler,
             shuffle=False,
-            collate_fn=self.eval_collator(),
+            collate_fn=self.eval_split_collator(split),
             num_workers=self.num_workers,
         )
 

@@ -15,6 +15,8 @@ from kp_lightning.core.compaction import compact
 from kp_lightning.core.structure import EncoderStructure
 from kp_lightning.data.task_kinds import TASK_KIND_TABLE, task_kind
 from kp_lightning.data.task_spec import TaskSpec
+from kp_lightning.embedding.loading import embedding_model_source, load_embedding_model
+from kp_lightning.embedding.st_folder import check_pooling_options
 from kp_lightning.errors import ConfigError, MissingFileError, ModelLoadError
 from kp_lightning.pretrained_loading import load_pretrained
 
@@ -78,7 +80,13 @@ def check_trained_head(name_or_path: str, config, spec: TaskSpec, check_labels: 
         )
 
 
-def load_task_model(name_or_path: str, spec: TaskSpec, ignore_mismatched_head: bool = False) -> nn.Module:
+def load_task_model(
+    name_or_path: str,
+    spec: TaskSpec,
+    ignore_mismatched_head: bool = False,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+) -> nn.Module:
     """Load ``name_or_path`` with the head for ``spec`` (a fresh head if the checkpoint has none).
 
     A Lightning checkpoint (``*.ckpt`` written by ``train.py``) is rebuilt from the model it was trained from
@@ -89,10 +97,16 @@ def load_task_model(name_or_path: str, spec: TaskSpec, ignore_mismatched_head: b
     Raises:
         ConfigError: The checkpoint has a trained head of another size (or, for entity tags, other label names)
             and ``ignore_mismatched_head`` is off (fine-tuning an SST-2 model on MNLI needs a new head: say so
-            explicitly), or its architecture has no head of the task's kind.
+            explicitly), or its architecture has no head of the task's kind; or ``pooling``/``normalize`` (which
+            choose the sentence embedding of an ``embedding`` task, :mod:`kp_lightning.embedding.loading`) are
+            given for another kind.
     """
     if is_lightning_checkpoint(name_or_path):
-        return _load_lightning_checkpoint(name_or_path, spec)
+        return _load_lightning_checkpoint(name_or_path, spec, pooling, normalize)
+    if task_kind(spec.kind).pooled:
+        refuse_inference_only_export(name_or_path)
+        return load_embedding_model(name_or_path, pooling, normalize)
+    check_pooling_options(pooling, normalize)
     refuse_inference_only_export(name_or_path)
     config = load_pretrained(transformers.AutoConfig, name_or_path)
     check_trained_head(name_or_path, config, spec, check_labels=not ignore_mismatched_head)
@@ -154,14 +168,20 @@ def checkpoint_base_model(path: str) -> str:
 
 
 def tokenizer_source(name_or_path: str) -> str:
-    """Where the tokenizer of a model path lives (the base model, for a Lightning checkpoint)."""
-    return checkpoint_base_model(name_or_path) if is_lightning_checkpoint(name_or_path) else name_or_path
+    """Where the tokenizer of a model path lives (the base model, for a Lightning checkpoint; the Transformer
+    module, for a sentence-transformers folder)."""
+    if is_lightning_checkpoint(name_or_path):
+        name_or_path = checkpoint_base_model(name_or_path)
+    return embedding_model_source(name_or_path)
 
 
-def _load_lightning_checkpoint(path: str, spec: TaskSpec) -> nn.Module:
+def _load_lightning_checkpoint(path: str, spec: TaskSpec, pooling: str | None, normalize: bool | None) -> nn.Module:
     checkpoint = _read_checkpoint(path)
     base = checkpoint_base_model(path)
-    model = load_task_model(base, spec, ignore_mismatched_head=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    pooling = pooling if pooling is not None else hparams.get("pooling")
+    normalize = normalize if normalize is not None else hparams.get("normalize")
+    model = load_task_model(base, spec, True, pooling, normalize)
     for state in checkpoint.get("callbacks", {}).values():
         if isinstance(state, dict) and state.get(STRUCTURE_STATE_KEY):
             model = compact(model, EncoderStructure.from_dict(state[STRUCTURE_STATE_KEY]))

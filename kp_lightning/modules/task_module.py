@@ -8,6 +8,8 @@ import torchmetrics
 from torch import nn
 
 from kp_lightning.core.adapter import EncoderAdapter
+from kp_lightning.data.task_kinds import task_kind
+from kp_lightning.embedding.pooling import add_sentence_embedding
 from kp_lightning.data.task_metrics import TaskMetrics
 from kp_lightning.data.task_spec import TaskSpec
 from kp_lightning.errors import ConfigError
@@ -30,6 +32,9 @@ class TaskModule(pl.LightningModule):
         adam_epsilon: AdamW epsilon.
         lr_schedule: ``"linear"`` (warmup then linear decay to 0) or ``"constant"`` (warmup then constant).
         ignore_mismatched_head: Start from a new head when the checkpoint's head has another size.
+        pooling: Embedding tasks: pooling mode (``mean``, ``cls``, ``max``, ``mean_sqrt_len``) replacing the
+            model's own (a sentence-transformers folder's, else ``mean``).
+        normalize: Embedding tasks: L2-normalize the sentence embedding (default: the model's own setting).
         loss_terms: Extra loss terms (``LossTerm`` objects), e.g. configured in YAML.
     """
 
@@ -44,6 +49,8 @@ class TaskModule(pl.LightningModule):
         adam_epsilon: float = 1e-8,
         lr_schedule: str = "linear",
         ignore_mismatched_head: bool = False,
+        pooling: str | None = None,
+        normalize: bool | None = None,
         loss_terms: dict[str, LossTerm] | None = None,
     ):
         super().__init__()
@@ -61,7 +68,7 @@ class TaskModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["loss_terms"])
         self.hparams["task_spec"] = task.to_dict()  # plain data, so checkpoints load with weights_only=True
         self.task = task
-        self.model = load_task_model(model_name_or_path, task, ignore_mismatched_head).train()
+        self.model = load_task_model(model_name_or_path, task, ignore_mismatched_head, pooling, normalize).train()
         self.input_keys = accepted_inputs(self.model)
         self.extensions = ExtensionRegistry()
         for name, term in (loss_terms or {}).items():
@@ -115,10 +122,13 @@ class TaskModule(pl.LightningModule):
     # ---- steps ----------------------------------------------------------------------------------------
     def forward(self, batch: dict, output_hidden_states: bool = False):
         inputs = {key: batch[key] for key in self.input_keys if key in batch}
-        return self.model(**inputs, output_hidden_states=output_hidden_states)
+        outputs = self.model(**inputs, output_hidden_states=output_hidden_states)
+        if task_kind(self.task.kind).pooled:
+            add_sentence_embedding(self.model, outputs, inputs.get("attention_mask"))
+        return outputs
 
     def task_loss(self, outputs, batch: dict) -> torch.Tensor:
-        if outputs.loss is None:
+        if getattr(outputs, "loss", None) is None:
             raise ConfigError(f"The {self.task.name} training batch has no labels, so there is no task loss.")
         return outputs.loss
 
@@ -141,7 +151,7 @@ class TaskModule(pl.LightningModule):
     def _eval_step(self, batch: dict, dataloader_idx: int, metrics: nn.ModuleList, losses: nn.ModuleList):
         outputs = self(batch)
         metrics[dataloader_idx].update(outputs, batch)
-        if outputs.loss is not None:
+        if getattr(outputs, "loss", None) is not None:
             losses[dataloader_idx].update(outputs.loss.detach(), weight=batch["input_ids"].shape[0])
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -156,7 +166,7 @@ class TaskModule(pl.LightningModule):
             prefix = f"{stage}/" if len(self.task.eval_splits) == 1 else f"{stage}/{split}/"
             for name, value in split_metrics.compute().items():
                 values[prefix + name] = torch.as_tensor(value, dtype=torch.float32, device=self.device)
-            if self.task.kind != "question_answering":  # QA eval batches carry no labels
+            if task_kind(self.task.kind).eval_loss:
                 values[prefix + "loss"] = split_loss.compute().float()
             split_metrics.reset()
             split_loss.reset()

@@ -13,7 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kp_lightning.data.task_kinds import ALL_TOKENS, LABELLED_TOKENS, SEQUENCE, SPAN, TASK_KIND_TABLE, VALUE
+from kp_lightning.data.task_kinds import (
+    ALL_TOKENS,
+    EMBEDDING,
+    LABELLED_TOKENS,
+    SEQUENCE,
+    SPAN,
+    TASK_KIND_TABLE,
+    VALUE,
+)
+from kp_lightning.embedding.losses import DEFAULT_EMBEDDING_LOSS, embedding_loss
+from kp_lightning.embedding.pooling import sentence_embeddings
 from kp_lightning.errors import ConfigError
 
 from ..core.adapter import EncoderAdapter
@@ -42,7 +52,22 @@ def sublayer_order(num_layers: int) -> list[Sublayer]:
     return [Sublayer(layer, kind) for layer in range(num_layers) for kind in (ATTENTION, FFN)]
 
 
-def prediction_loss(kind: str, student: dict, teacher: dict, token_mask: torch.Tensor, temperature: float):
+def prediction_outputs(kind: str, model: nn.Module, out, inputs: dict) -> dict[str, torch.Tensor]:
+    """The outputs of a forward pass that :func:`prediction_loss` compares: the kind's ``outputs`` entries, or
+    the pooled ``sentence_embedding`` of an embedding model."""
+    if TASK_KIND_TABLE[kind].pooled:
+        return {"sentence_embedding": sentence_embeddings(model, out, inputs.get("attention_mask"))}
+    return {k: getattr(out, k) for k in TASK_KIND_TABLE[kind].outputs}
+
+
+def prediction_loss(
+    kind: str,
+    student: dict,
+    teacher: dict,
+    token_mask: torch.Tensor,
+    temperature: float,
+    embedding_loss_name: str = DEFAULT_EMBEDDING_LOSS,
+):
     """Batch-mean distance of the student's predictions to the teacher's (kprune.md §2.2), by the kind's
     ``predictions`` entry (:mod:`kp_lightning.data.task_kinds`).
 
@@ -50,12 +75,15 @@ def prediction_loss(kind: str, student: dict, teacher: dict, token_mask: torch.T
     regression: MSE; question answering: mean of the start- and end-position KL (softmax over the tokens of
     ``token_mask``); masked LM and token classification: KL per token, averaged over the tokens of
     ``token_mask`` (non-padding ones, or for token classification the labelled ones:
-    :meth:`SampleSet.prediction_mask`).
+    :meth:`SampleSet.prediction_mask`); embeddings: ``embedding_loss_name``
+    (:mod:`kp_lightning.embedding.losses`) between the pooled sentence embeddings.
     """
     t2 = temperature**2
     predictions = TASK_KIND_TABLE[kind].predictions if kind in TASK_KIND_TABLE else None
     if predictions == VALUE:
         return F.mse_loss(student["logits"].float(), teacher["logits"].float())
+    if predictions == EMBEDDING:
+        return embedding_loss(student["sentence_embedding"], teacher["sentence_embedding"], embedding_loss_name)
     if predictions == SEQUENCE:
         return _kl(student["logits"], teacher["logits"], temperature) * t2
     if predictions == SPAN:

@@ -18,9 +18,17 @@ from tqdm.auto import tqdm
 from ..core.adapter import EncoderAdapter
 from ..core.compaction import compact
 from ..core.masks import StructuralMasks
-from ..data.task_kinds import TASK_KIND_TABLE
+from ..embedding.losses import DEFAULT_EMBEDDING_LOSS, check_embedding_loss
 from .distributed import all_reduce_sum, world
-from .knowledge import ATTENTION, KnowledgeProbe, output_projection, prediction_loss, present, sublayer_order
+from .knowledge import (
+    ATTENTION,
+    KnowledgeProbe,
+    output_projection,
+    prediction_loss,
+    prediction_outputs,
+    present,
+    sublayer_order,
+)
 from .layer_stream import embedding_output, layer_outputs, start_at_layer
 from .least_squares import solve_normal_equations
 from .mask_search import threshold_keep
@@ -41,6 +49,8 @@ class KPruneConfig:
         mu: Multiplier of head scores (balances heads against neurons).
         weight_tuning: Re-solve each pruned sublayer's output projection by least squares (KPWT).
         seq_len: Sequence length of the FLOPs model; default the sample set's mean non-padding length.
+        embedding_loss: Embedding tasks: the embedding-distillation loss of predictive knowledge
+            (:mod:`kp_lightning.embedding.losses`).
     """
 
     flops_reduction: float
@@ -50,6 +60,7 @@ class KPruneConfig:
     mu: float = 64.0
     weight_tuning: bool = True
     seq_len: float | None = None
+    embedding_loss: str = DEFAULT_EMBEDDING_LOSS
 
     def validate(self) -> None:
         check_reduction(self.flops_reduction)
@@ -59,10 +70,9 @@ class KPruneConfig:
             raise PruneError("lambda_pred and lambda_rep must be >= 0 and not both 0")
         if self.mu <= 0:
             raise PruneError(f"mu must be positive, got {self.mu}")
+        check_embedding_loss(self.embedding_loss)
 
 
-def teacher_outputs(kind: str, out) -> dict[str, torch.Tensor]:
-    return {k: getattr(out, k).detach() for k in TASK_KIND_TABLE[kind].outputs}
 
 
 def kprune(
@@ -88,7 +98,7 @@ def kprune(
     with run.timed("teacher"), torch.no_grad():
         for i, batch in samples.batches():
             inputs = samples.model_inputs(batch)
-            soft[i] = teacher_outputs(task_kind, student(**inputs))
+            soft[i] = prediction_outputs(task_kind, student, student(**inputs), inputs)
             teacher_hidden[i] = embedding_output(student, inputs)
     student_hidden = dict(teacher_hidden)
     memory.add_cache("teacher_predictions", soft)
@@ -146,9 +156,11 @@ def _measure(student, sub, samples, soft, student_hidden, targets, task_kind, co
             probe.teacher_sum = targets[i][sub.kind]
             out = student(**inputs)
             if backward:
-                student_out = {k: getattr(out, k) for k in soft[i]}
+                student_out = prediction_outputs(task_kind, student, out, inputs)
                 mask = samples.prediction_mask(batch, task_kind)
-                loss = prediction_loss(task_kind, student_out, soft[i], mask, config.temperature)
+                loss = prediction_loss(
+                    task_kind, student_out, soft[i], mask, config.temperature, config.embedding_loss
+                )
                 loss.backward()
                 probe.after_backward()
     for s in probe.subs:

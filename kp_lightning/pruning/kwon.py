@@ -15,6 +15,8 @@ from ..core.adapter import EncoderAdapter
 from ..core.compaction import compact
 from ..core.masks import StructuralMasks
 from ..data.task_kinds import TASK_KIND_TABLE
+from ..embedding.losses import FISHER_EMBEDDING_LOSS, embedding_loss
+from ..embedding.pooling import sentence_embeddings
 from .distributed import all_reduce_sum
 from .kwon_tuning import tune_mask_scales
 from .mask_search import kwon_search
@@ -74,7 +76,7 @@ def kwon_prune(
     run = PruningRun(model, samples, task_kind, config.seq_len)
     student, shape = run.student, run.shape
     with run.timed("fisher"):
-        head_grads, neuron_grads = fisher_gradients(student, samples)
+        head_grads, neuron_grads = fisher_gradients(student, samples, task_kind)
     run.memory.add_cache("fisher_gradients", head_grads, neuron_grads)
     with run.timed("search"):
         costs = (run.head_flops, run.neuron_flops)
@@ -89,8 +91,21 @@ def kwon_prune(
     return run.result(freeze(compact(student, masks)), masks=masks)
 
 
-def fisher_gradients(model: nn.Module, samples: SampleSet) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-batch task-loss gradients of per-head and per-neuron masks at 1 (kprune.md §3.2).
+def fisher_loss(model: nn.Module, samples: SampleSet, batch: dict, task_kind: str) -> torch.Tensor:
+    """The loss of Kwon et al.'s Fisher information: the task loss on the batch's labels; for an embedding
+    model (no labels) the in-batch contrastive loss against its own detached embeddings
+    (:data:`kp_lightning.embedding.losses.FISHER_EMBEDDING_LOSS`, whose gradient at the dense model is not 0)."""
+    if not TASK_KIND_TABLE[task_kind].pooled:
+        return model(**samples.model_inputs(batch, with_labels=True)).loss
+    inputs = samples.model_inputs(batch)
+    embeddings = sentence_embeddings(model, model(**inputs), inputs.get("attention_mask"))
+    return embedding_loss(embeddings, embeddings.detach(), FISHER_EMBEDDING_LOSS)
+
+
+def fisher_gradients(
+    model: nn.Module, samples: SampleSet, task_kind: str = "classification"
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-batch gradients of per-head and per-neuron masks at 1 of :func:`fisher_loss` (kprune.md §3.2).
 
     Returns:
         Per layer, ``[num_batches, heads]`` and ``[num_batches, neurons]`` gradients (summed over processes;
@@ -113,7 +128,7 @@ def fisher_gradients(model: nn.Module, samples: SampleSet) -> tuple[list[torch.T
     try:
         with torch.enable_grad():
             for i, batch in samples.batches():
-                loss = model(**samples.model_inputs(batch, with_labels=True)).loss
+                loss = fisher_loss(model, samples, batch, task_kind)
                 if not torch.isfinite(loss):
                     raise PruneError(f"the task loss is {loss.item()} on sample batch {i}: check labels and model")
                 loss.backward()
