@@ -17,6 +17,7 @@ from kp_lightning.core.adapter import EncoderAdapter
 from kp_lightning.core.export import REPORT_FILE, export_compact
 from kp_lightning.core.model_card import write_model_card
 from kp_lightning.core.report import compression_report
+from kp_lightning.embedding.st_export import write_embedding_files
 from kp_lightning.errors import ConfigError
 
 
@@ -27,7 +28,8 @@ class SaveBestPretrained(pl.Callback):
     with ``save_pretrained``; compact kp_lightning models with the compact export (config, code). Both get a
     ``compression_report.json`` (base model, task, the monitored metric as ``metric_name`` /
     ``metric_compressed``, parameter counts) and a ``README.md`` model card, so the directory is a complete,
-    Hub-ready export. ``best_metric.json`` records the monitored value, epoch and step.
+    Hub-ready export (a sentence-embedding model's is also a sentence-transformers folder). ``best_metric.json``
+    records the monitored value, epoch and step.
 
     Args:
         dirpath: Output directory (default ``<trainer.log_dir>/best_model``).
@@ -120,6 +122,7 @@ class SaveBestPretrained(pl.Callback):
                 model.save_pretrained(staging, state_dict=state)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(staging)
+                write_embedding_files(staging, model)  # an embedding model: a sentence-transformers folder too
                 if isinstance(trainer.strategy, FSDPStrategy):  # sharded weights: no model summary
                     report = {"export": "dense", **fields}
                 else:

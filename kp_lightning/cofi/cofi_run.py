@@ -9,7 +9,7 @@ from kp_lightning.errors import ConfigError
 
 from .model_size import structure_sparsity
 
-SUPPORTED_KINDS = ("classification", "regression", "question_answering")
+SUPPORTED_KINDS = ("classification", "regression", "question_answering", "embedding")
 
 
 def check_student(module) -> None:

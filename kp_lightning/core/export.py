@@ -13,6 +13,7 @@ import torch
 import transformers
 from torch import nn
 
+from kp_lightning.embedding.st_export import embedding_card_info, write_embedding_files
 from kp_lightning.errors import KPError
 
 from ..compact_model import configuration_kp, fused_attention, layouts, modeling_kp
@@ -105,10 +106,13 @@ def _write_common(staging: Path, model: nn.Module, kind: str, tokenizer, referen
     model.save_pretrained(staging)
     if tokenizer is not None:
         tokenizer.save_pretrained(staging)
+    write_embedding_files(staging, model)  # an embedding model: the sentence-transformers files too
     report = compression_report(model, reference=reference, export=kind, **report_extra)
     (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
     base = report_extra.get("base_model") or getattr(reference, "name_or_path", None) or None
-    card = render_model_card(report, kind, base_model=base, method=report_extra.get("method"))
+    card = render_model_card(
+        report, kind, base_model=base, method=report_extra.get("method"), embedding=embedding_card_info(model)
+    )
     card.save(staging / "README.md")
 
 

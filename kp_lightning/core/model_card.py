@@ -5,10 +5,13 @@ The front matter is built with ``huggingface_hub``'s :class:`~huggingface_hub.Mo
 
 - ``base_model``: the source model, only when it is a Hub id (see :func:`hub_model_id`); a local directory is left
   out, since the Hub rejects a ``base_model`` that names no repository.
-- ``library_name``: ``transformers``.
+- ``library_name``: ``transformers``; ``sentence-transformers`` for a sentence-embedding model (one whose config
+  records ``kp_pooling``; its export is a sentence-transformers folder), except the int8 export.
 - ``pipeline_tag``: from the task kind or the model class (``text-classification``, ``question-answering``,
-  ``fill-mask``, ``feature-extraction``).
-- ``tags``: ``kp-lightning``, the method's tags (``k-prune``, ``cofi``, ``pruned``, ``int8``...) and the export kind's.
+  ``fill-mask``, ``feature-extraction``); ``sentence-similarity`` for a sentence-embedding model.
+- ``tags``: ``kp-lightning``, the method's tags (``k-prune``, ``cofi``, ``pruned``, ``int8``...) and the export kind's;
+  ``sentence-transformers`` (not for int8), ``sentence-similarity`` and ``feature-extraction`` for a
+  sentence-embedding model.
 - ``model-index``: the compressed model's main metric (task type, dataset, metric name and value), when the report
   has one; ``datasets`` when the task's dataset is a known Hub dataset (GLUE, SQuAD).
 """
@@ -25,6 +28,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..data.glue_tasks import GLUE_TASKS
 from ..data.task_kinds import TASK_KIND_TABLE
+from ..embedding.st_folder import MODULES_FILE, POOLING_DIR, read_sentence_transformers_dir
+from ..errors import ModelLoadError
 
 CARD_FILE = "README.md"
 KINDS = ("compact", "dense", "sparse", "int8")
@@ -43,6 +48,8 @@ METHOD_TAGS = {
     "QuantizationAwareTraining": ["quantization-aware-training", "int8", "quantized"],
 }
 KIND_TAGS = {"compact": ["compact-export"], "dense": ["dense-export"], "sparse": ["sparse"], "int8": ["int8"]}
+EMBEDDING_KIND = "embedding"
+EMBEDDING_TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction"]
 HF_METRIC_TYPES = {"mcc": "matthews_correlation", "pearson": "pearsonr", "spearman": "spearmanr"}
 METRIC_TITLES = {
     "accuracy": "Accuracy",
@@ -106,9 +113,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def card_tags(kind: str, method: str | None) -> list[str]:
-    """``kp-lightning``, then the method's tags, then the export kind's (no duplicates, in that order)."""
+def card_tags(kind: str, method: str | None, embedding: bool = False) -> list[str]:
+    """``kp-lightning``, then the method's tags, then the export kind's, then (a sentence-embedding model)
+    :data:`EMBEDDING_TAGS`, less ``sentence-transformers`` for the int8 export, which sentence-transformers does not
+    load (no duplicates, in that order)."""
     tags = ["kp-lightning", *(METHOD_TAGS.get(method, [_slug(method)]) if method else []), *KIND_TAGS.get(kind, [])]
+    tags += [t for t in EMBEDDING_TAGS if kind != "int8" or t != "sentence-transformers"] if embedding else []
     return list(dict.fromkeys(t for t in tags if t))
 
 
@@ -170,9 +180,12 @@ def card_data(
     model_name: str | None = None,
     task_kind: str | None = None,
     architecture: str | None = None,
+    embedding: bool = False,
 ) -> ModelCardData:
-    """The card's metadata (see the module docstring for each field)."""
+    """The card's metadata (see the module docstring for each field); ``embedding``: a sentence-embedding model."""
     method = method or report.get("method")
+    if embedding:
+        task_kind = EMBEDDING_KIND
     pipeline_tag = pipeline_tag_for(report, task_kind, architecture)
     results = eval_results(report, pipeline_tag)
     hub_base = hub_model_id(base_model)
@@ -183,9 +196,9 @@ def card_data(
     return ModelCardData(
         model_name=model_name,
         base_model=hub_base,
-        library_name="transformers",
+        library_name="sentence-transformers" if embedding and kind != "int8" else "transformers",
         pipeline_tag=pipeline_tag,
-        tags=card_tags(kind, method),
+        tags=card_tags(kind, method, embedding),
         datasets=[dataset] if dataset and "/" in dataset else None,
         eval_results=results or None,
     )
@@ -200,6 +213,7 @@ def render_model_card(
     model_name: str | None = None,
     task_kind: str | None = None,
     architecture: str | None = None,
+    embedding: dict | bool | None = None,
 ) -> ModelCard:
     """Model card with Hub metadata and a summary of ``report`` (see :func:`compression_report`).
 
@@ -212,9 +226,15 @@ def render_model_card(
         model_name: ``model-index`` name (default ``<base model name>-<method or kind>``).
         task_kind: A TaskSpec kind for ``pipeline_tag`` (default: from the report or the model class).
         architecture: The model class name, for reports without ``compressed.class`` (int8 exports).
+        embedding: A sentence-embedding model (the export is a sentence-transformers folder): its pooling and
+            dimension (``{"mode", "normalize", "max_seq_length", "dimension"}``,
+            :func:`~kp_lightning.embedding.st_export.embedding_card_info`) or True; the card then shows
+            ``SentenceTransformer`` loading. Default: whether the task kind (or the report's) is ``embedding``.
     """
     method = method or report.get("method")
-    data = card_data(report, kind, base_model, method, model_name, task_kind, architecture)
+    if embedding is None:
+        embedding = (task_kind or report.get("task_kind")) == EMBEDDING_KIND
+    data = card_data(report, kind, base_model, method, model_name, task_kind, architecture, bool(embedding))
     small = report.get("compressed")
     title = small["class"] if small else architecture or "Model"
     lines = [
@@ -259,8 +279,12 @@ def render_model_card(
         lines += ["Size on disk: " + ", ".join(f"{label} {size / 1e6:.2f} MB" for label, size in sizes) + ".", ""]
     if isinstance(report.get("latency_speedup"), int | float):
         lines += [f"Measured latency speedup over the dense model: {report['latency_speedup']:.2f}×.", ""]
+    if isinstance(embedding, dict):
+        lines += [embedding_summary(embedding), ""]
     lines += ["## Loading", "", "```python"]
-    if kind == "compact":
+    if embedding:
+        lines += embedding_loading(kind, str(title).startswith("KP"))
+    elif kind == "compact":
         lines += [
             "from transformers import AutoModel",
             "",
@@ -293,16 +317,71 @@ def render_model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
 
 
+def embedding_summary(info: dict) -> str:
+    """One line on the sentence embedding: pooling, normalization, dimension, max_seq_length."""
+    parts = [f"{info.get('mode', 'mean')} pooling"]
+    if info.get("normalize"):
+        parts.append("L2-normalized")
+    if info.get("dimension"):
+        parts.append(f"dimension {info['dimension']}")
+    if info.get("max_seq_length"):
+        parts.append(f"max_seq_length {info['max_seq_length']}")
+    return "Sentence embedding: " + ", ".join(parts) + "."
+
+
+def embedding_loading(kind: str, compact: bool) -> list[str]:
+    """The ``## Loading`` snippet of a sentence-embedding export."""
+    if kind == "int8":
+        return [
+            "from kp_lightning.quantization import load_int8  # pip install 'kp_lightning[onnx]'",
+            "",
+            "model = load_int8(path)  # ONNX Runtime int8 kernels on CPU",
+            'embeddings = model.encode(["A sentence to embed.", "Another one."])  # pooled as the model was trained',
+        ]
+    remote = ", trust_remote_code=True" if compact else ""
+    note = "  # a compact model: its code ships in the folder" if compact else ""
+    lines = [
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        f"model = SentenceTransformer(path{remote}){note}",
+        'embeddings = model.encode(["A sentence to embed.", "Another one."])',
+    ]
+    if kind == "sparse":
+        lines += ["", "# pruned weights are zeros; the bitmask + non-zeros copy (if written) is in sparse/"]
+    return lines
+
+
+def embedding_info_of(directory: Path, config: dict | None) -> dict | None:
+    """:func:`render_model_card`'s ``embedding`` for an export directory that is a sentence-transformers folder
+    (its pooling and ``1_Pooling`` dimension), else None."""
+    if not (directory / MODULES_FILE).is_file():
+        return None
+    try:
+        pooling = read_sentence_transformers_dir(directory).pooling
+    except ModelLoadError:  # a folder we cannot read back: the config's own settings
+        pooling = None
+    info = pooling.to_dict() if pooling is not None else dict((config or {}).get("kp_pooling") or {})
+    pooling_config = directory / POOLING_DIR / "config.json"
+    if pooling_config.is_file():
+        info["dimension"] = json.loads(pooling_config.read_text()).get("word_embedding_dimension")
+    return info
+
+
 def write_model_card(directory: str | Path, report: dict, kind: str, **kwargs) -> Path:
     """Write ``README.md`` into an export ``directory`` (see :func:`render_model_card` for ``kwargs``).
 
     Without an ``architecture`` and without ``report["compressed"]``, the class is read from the directory's
-    ``config.json`` (``architectures[0]``), for the ``pipeline_tag``.
+    ``config.json`` (``architectures[0]``), for the ``pipeline_tag``. Without ``embedding``, a directory that is a
+    sentence-transformers folder (``modules.json``, written for a model with ``kp_pooling``) gets the
+    sentence-embedding card.
     """
     directory = Path(directory)
     config = directory / "config.json"
-    if kwargs.get("architecture") is None and not report.get("compressed") and config.is_file():
-        kwargs["architecture"] = (json.loads(config.read_text()).get("architectures") or [None])[0]
+    config_data = json.loads(config.read_text()) if config.is_file() else None
+    if kwargs.get("architecture") is None and not report.get("compressed") and config_data is not None:
+        kwargs["architecture"] = (config_data.get("architectures") or [None])[0]
+    if kwargs.get("embedding") is None:
+        kwargs["embedding"] = embedding_info_of(directory, config_data)
     kwargs.setdefault("base_model", report.get("base_model"))
     path = directory / CARD_FILE
     render_model_card(report, kind, **kwargs).save(path)

@@ -28,7 +28,7 @@ class RetrievalScores(torchmetrics.Metric):
 
     def __init__(self):
         super().__init__()
-        for name in ("query_embeddings", "query_ids", "relevant", "doc_embeddings", "doc_ids"):
+        for name in ("query_embeddings", "query_ids", "pair_queries", "pair_docs", "doc_embeddings", "doc_ids"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(self, embeddings: torch.Tensor, role: torch.Tensor, ids: torch.Tensor, relevant: torch.Tensor) -> None:
@@ -36,29 +36,34 @@ class RetrievalScores(torchmetrics.Metric):
         queries, docs = role == 0, role == 1
         self.query_embeddings.append(embeddings[queries])
         self.query_ids.append(ids[queries])
-        self.relevant.append(relevant[queries])
+        rows = relevant[queries]  # (query, document) pairs: the padding width differs between batches
+        valid = rows >= 0
+        self.pair_queries.append(ids[queries].unsqueeze(1).expand_as(rows)[valid])
+        self.pair_docs.append(rows[valid])
         self.doc_embeddings.append(embeddings[docs])
         self.doc_ids.append(ids[docs])
 
     @staticmethod
-    def _cat(state) -> torch.Tensor:
-        return torch.cat(state) if isinstance(state, list) else state
+    def _cat(state) -> torch.Tensor | None:
+        if isinstance(state, list):
+            return torch.cat(state) if state else None
+        return state
 
     def compute(self) -> dict[str, torch.Tensor]:
         queries, query_ids = self._cat(self.query_embeddings), self._cat(self.query_ids)
         docs, doc_ids = self._cat(self.doc_embeddings), self._cat(self.doc_ids)
-        relevant = self._cat(self.relevant) if not isinstance(self.relevant, list) or self.relevant else None
-        if not len(queries) or not len(docs) or relevant is None:
+        if queries is None or docs is None or not len(queries) or not len(docs):
             nan = torch.tensor(float("nan"))
             return {name: nan for name in RETRIEVAL_METRICS}
+        pair_queries, pair_docs = self._cat(self.pair_queries), self._cat(self.pair_docs)
         doc_ids, first = _unique_rows(doc_ids)
         docs = docs[first]
         query_ids, first = _unique_rows(query_ids)
-        queries, relevant = queries[first], relevant[first]
-        scores = queries @ docs.T
+        queries = queries[first]
+        scores = queries @ docs.T + 2.0  # > 0: torchmetrics' recall counts a document with score <= 0 as unretrieved
         sums = dict.fromkeys(RETRIEVAL_METRICS, 0.0)
-        for row, rel in zip(scores, relevant, strict=True):
-            target = torch.isin(doc_ids, rel[rel >= 0])
+        for row, query_id in zip(scores, query_ids, strict=True):
+            target = torch.isin(doc_ids, pair_docs[pair_queries == query_id])
             sums["ndcg10"] += float(retrieval_normalized_dcg(row, target, top_k=10))
             sums["mrr10"] += float(retrieval_reciprocal_rank(row, target, top_k=10))
             sums["recall1"] += float(retrieval_recall(row, target, top_k=1))
@@ -98,9 +103,7 @@ class EmbeddingMetrics(nn.Module):
             self.pearson.update(similarity, gold)
             self.fed.add("sts")
         else:
-            self.retrieval.update(
-                embeddings, batch["retrieval_role"], batch["retrieval_id"], batch["relevant_ids"]
-            )
+            self.retrieval.update(embeddings, batch["retrieval_role"], batch["retrieval_id"], batch["relevant_ids"])
             self.fed.add("retrieval")
 
     def compute(self) -> dict[str, torch.Tensor]:

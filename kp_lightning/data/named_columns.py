@@ -26,8 +26,8 @@ def read_named_columns(path: str | Path) -> dict[str, list]:
 
     Raises:
         MissingFileError: the file does not exist.
-        DataFormatError: an unknown suffix, an empty TSV/CSV file, a header naming a column twice, or a row with the wrong field count
-            (the message names the line).
+        DataFormatError: an unknown suffix, an empty TSV/CSV file, a header naming a column twice, or a row
+            with the wrong field count (the message names the line).
     """
     path = Path(path)
     if not path.is_file():

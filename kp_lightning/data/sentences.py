@@ -57,8 +57,10 @@ def parse_sentence_source(spec: str, glue_dir: str | Path | None) -> SentenceSou
         task = glue_task(name)
         split = split or "train"
         if split not in task.tsv_files:
-            raise ConfigError(f"sentence source {spec!r}: GLUE {task.folder} has no split {split!r}",
-                              fix=f"use one of {list(task.tsv_files)}")  # fmt: skip
+            raise ConfigError(
+                f"sentence source {spec!r}: GLUE {task.folder} has no split {split!r}",
+                fix=f"use one of {list(task.tsv_files)}",
+            )
         if glue_dir is None:
             raise ConfigError(f"sentence source {spec!r} needs glue_dir", fix="set glue_dir to the glue_data folder")
         return SentenceSource(spec, "glue", Path(glue_dir) / task.folder / task.tsv_files[split], task)
@@ -91,8 +93,9 @@ def check_sentence_sources(specs: list[str], glue_dir: str | Path | None) -> lis
                 fix=f"set glue_dir to the folder holding {source.glue.folder}/ (now {glue_dir}), "
                 "or remove the source from sentences",
             )
-        raise MissingFileError(f"sentence source {source.spec!r}: file {source.path} not found",
-                               fix="correct the path in sentences")  # fmt: skip
+        raise MissingFileError(
+            f"sentence source {source.spec!r}: file {source.path} not found", fix="correct the path in sentences"
+        )
     return sources
 
 

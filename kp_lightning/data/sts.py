@@ -75,7 +75,7 @@ def read_sts_pairs(path: str | Path, columns: list[str] | tuple[str, ...] = DEFA
 
 
 def tokenize_sts_pairs(examples: dict[str, list], tokenizer, max_length: int) -> dict:
-    """Batched ``Dataset.map`` function: tokenize each sentence alone, as ``<key>_a`` and ``<key>_b``; keep ``score``."""
+    """Batched ``Dataset.map`` function: tokenize each sentence alone (``<key>_a``, ``<key>_b``); keep ``score``."""
     out = {"score": [float(s) for s in examples["score"]]}
     for side in ("a", "b"):
         encoded = tokenizer(examples[f"sentence_{side}"], truncation=True, max_length=max_length)

@@ -36,8 +36,9 @@ _RETRIEVAL_FEATURES = datasets.Features(
 def _three_columns(columns: list[str] | None, default: tuple[str, ...], option: str) -> list[str]:
     columns = list(columns or default)
     if len(columns) != 3:
-        raise ConfigError(f"{option} must name 3 columns {list(default)}, got {columns}",
-                          fix=f"e.g. {option}: {list(default)}")  # fmt: skip
+        raise ConfigError(
+            f"{option} must name 3 columns {list(default)}, got {columns}", fix=f"e.g. {option}: {list(default)}"
+        )
     return columns
 
 
@@ -92,9 +93,11 @@ class EmbeddingDataModule(EncoderDataModule):
         **kwargs,
     ):
         if sts_file is None and retrieval is None:
-            raise ConfigError("embedding evaluation needs sts_file or retrieval (or both); both are null",
-                              fix="set sts_file (e.g. ../shared/data/glue/STS-B/dev.tsv) or retrieval "
-                              "(e.g. qnli:../shared/data/glue/QNLI/dev.tsv)")  # fmt: skip
+            raise ConfigError(
+                "embedding evaluation needs sts_file or retrieval (or both); both are null",
+                fix="set sts_file (e.g. ../shared/data/glue/STS-B/dev.tsv) or retrieval "
+                "(e.g. qnli:../shared/data/glue/QNLI/dev.tsv)",
+            )
         if min_chars < 0:
             raise ConfigError(f"min_chars must be >= 0, got {min_chars}")
         for name, value in (("max_sentences", max_sentences), ("max_queries", max_queries)):
@@ -106,11 +109,15 @@ class EmbeddingDataModule(EncoderDataModule):
         self.retrieval_columns = _three_columns(retrieval_columns, DEFAULT_RETRIEVAL_COLUMNS, "retrieval_columns")
         if sts_file is not None:
             if not has_named_columns(sts_file):
-                raise ConfigError(f"sts_file {sts_file}: unknown format", fix="use a .tsv, .csv, .json, .jsonl or "
-                                  ".parquet file with sts_columns")  # fmt: skip
+                raise ConfigError(
+                    f"sts_file {sts_file}: unknown format",
+                    fix="use a .tsv, .csv, .json, .jsonl or .parquet file with sts_columns",
+                )
             if not Path(sts_file).is_file():
-                raise MissingFileError(f"sts_file not found: {sts_file}",
-                                       fix="set sts_file to an STS file (e.g. GLUE STS-B/dev.tsv), or null")  # fmt: skip
+                raise MissingFileError(
+                    f"sts_file not found: {sts_file}",
+                    fix="set sts_file to an STS file (e.g. GLUE STS-B/dev.tsv), or null",
+                )
         self._retrieval_source = None
         if retrieval is not None:
             self._retrieval_source = parse_retrieval_source(retrieval)
@@ -120,16 +127,17 @@ class EmbeddingDataModule(EncoderDataModule):
                     fix="set retrieval to 'qnli:<path to QNLI dev.tsv>' or a query/document/relevance table, or null",
                 )
         super().__init__(**kwargs)
-        self.glue_dir, self.text_columns = glue_dir, list(text_columns) if text_columns else None
+        self.glue_dir = glue_dir
+        self.text_columns = list(text_columns) if text_columns else None
         self.max_sentences, self.min_chars, self.skip_malformed_rows = max_sentences, min_chars, skip_malformed_rows
         self.sts_file, self.retrieval, self.max_queries = sts_file, retrieval, max_queries
         self.train_sentences = load_sentences(
             self.sentence_sources, glue_dir, self.text_columns, min_chars, max_sentences, self.seed, skip_malformed_rows
         )
         self.sts_pairs = read_sts_pairs(sts_file, self.sts_columns) if sts_file is not None else None
-        self.retrieval_set = (
-            load_retrieval_set(retrieval, self.retrieval_columns, max_queries, self.seed) if retrieval else None
-        )
+        self.retrieval_set = None
+        if retrieval is not None:
+            self.retrieval_set = load_retrieval_set(retrieval, self.retrieval_columns, max_queries, self.seed)
         data = (("sts", self.sts_pairs), ("retrieval", self.retrieval_set))
         splits = [name for name, loaded in data if loaded is not None]
         self._spec = TaskSpec(

@@ -67,7 +67,7 @@ def check_encoder_checkpoint(name_or_path: str, config) -> None:
     if trained:
         raise ConfigError(
             f"{name_or_path} is a {trained[0]}: a model trained for another task, not a sentence-embedding model",
-            fix="use a sentence-transformers folder or a pretrained encoder (e.g. all-MiniLM-L6-v2, bert-base-uncased); "
+            fix="use a sentence-transformers folder or a pretrained encoder (all-MiniLM-L6-v2, bert-base-uncased); "
             "to compress this model for its own task use that task's data module",
         )
 

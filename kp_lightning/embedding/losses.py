@@ -41,7 +41,8 @@ def check_embedding_loss(name: str) -> tuple[str, ...]:
     if unknown or not parts:
         raise ConfigError(
             f"unknown embedding loss {name!r}",
-            fix=f"use one of {', '.join(EMBEDDING_LOSS_PARTS)} or several joined by '+' (default {DEFAULT_EMBEDDING_LOSS})",
+            fix=f"use one of {', '.join(EMBEDDING_LOSS_PARTS)} or several joined by '+' "
+            f"(default {DEFAULT_EMBEDDING_LOSS})",
         )
     return parts
 

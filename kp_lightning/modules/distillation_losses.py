@@ -5,7 +5,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kp_lightning.data.task_kinds import ALL_TOKENS, LABELLED_TOKENS, SEQUENCE, SPAN, TASK_KIND_TABLE, VALUE, task_kind
+from kp_lightning.data.task_kinds import (
+    ALL_TOKENS,
+    EMBEDDING,
+    LABELLED_TOKENS,
+    SEQUENCE,
+    SPAN,
+    TASK_KIND_TABLE,
+    VALUE,
+    task_kind,
+)
+from kp_lightning.embedding.losses import DEFAULT_EMBEDDING_LOSS, embedding_loss
 from kp_lightning.errors import ConfigError
 
 
@@ -27,20 +37,25 @@ def token_weights(predictions: str, batch: dict) -> torch.Tensor:
     return mask
 
 
-def prediction_distillation_loss(kind: str, student, teacher, batch: dict, temperature: float) -> torch.Tensor:
+def prediction_distillation_loss(
+    kind: str, student, teacher, batch: dict, temperature: float, embedding_loss_name: str = DEFAULT_EMBEDDING_LOSS
+) -> torch.Tensor:
     """Distillation loss between student and teacher outputs for one task kind (its ``predictions`` entry in
     :mod:`kp_lightning.data.task_kinds`).
 
     Classification and multiple choice: mean KL over examples (over the classes / choices). Regression: MSE
     between predictions (no temperature). Question answering: mean of the start and end KL. Masked LM: KL
     averaged over every non-padding token (not only the masked ones). Token classification: KL averaged over
-    the labelled tokens (first sub-token of each word).
+    the labelled tokens (first sub-token of each word). Embeddings: ``embedding_loss_name`` between the pooled
+    sentence embeddings (:mod:`kp_lightning.embedding.losses`; temperature unused).
     """
     predictions = task_kind(kind).predictions if kind in TASK_KIND_TABLE else None
     if predictions == SEQUENCE:
         return soft_kl(student.logits, teacher.logits, temperature).mean()
     if predictions == VALUE:
         return F.mse_loss(student.logits.float(), teacher.logits.float())
+    if predictions == EMBEDDING:
+        return embedding_loss(student["sentence_embedding"], teacher["sentence_embedding"], embedding_loss_name)
     if predictions == SPAN:
         start = soft_kl(student.start_logits, teacher.start_logits, temperature)
         end = soft_kl(student.end_logits, teacher.end_logits, temperature)

@@ -7,10 +7,12 @@ import transformers
 
 from kp_lightning.data.task_kinds import task_kind
 from kp_lightning.data.task_spec import TaskSpec
+from kp_lightning.embedding.losses import DEFAULT_EMBEDDING_LOSS, check_embedding_loss
+from kp_lightning.embedding.pooling import add_sentence_embedding
 from kp_lightning.errors import ConfigError, KPError
 from kp_lightning.modules.distillation_losses import prediction_distillation_loss
 from kp_lightning.modules.extensions import StepContext
-from kp_lightning.modules.model_loading import accepted_inputs, load_task_model
+from kp_lightning.modules.model_loading import accepted_inputs, load_task_model, tokenizer_source
 from kp_lightning.modules.task_module import TaskModule
 from kp_lightning.pretrained_loading import load_pretrained
 
@@ -47,6 +49,9 @@ class DistillationModule(TaskModule):
         alpha_ce: Weight of the task loss on gold labels.
         alpha_kd: Weight of the prediction distillation loss.
         temperature: Softmax temperature ``T`` of the distillation loss.
+        embedding_loss: Embedding tasks: the embedding-distillation loss between pooled sentence embeddings
+            (``similarity_kl``, ``cosine_mse``, ``contrastive`` or several joined by ``+``:
+            :mod:`kp_lightning.embedding.losses`); the teacher pools with its own settings.
         **kwargs: ``TaskModule`` options (learning rate, schedule, loss terms...).
     """
 
@@ -58,14 +63,21 @@ class DistillationModule(TaskModule):
         alpha_ce: float = 0.5,
         alpha_kd: float = 0.5,
         temperature: float = 2.0,
+        embedding_loss: str = DEFAULT_EMBEDDING_LOSS,
         **kwargs,
     ):
         if alpha_ce < 0 or alpha_kd < 0 or alpha_ce + alpha_kd == 0:
             raise ConfigError(f"alpha_ce and alpha_kd must be >= 0 and not both 0, got {alpha_ce}, {alpha_kd}.")
         if temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {temperature}.")
-        check_same_tokenizer(model_name_or_path, teacher_name_or_path)
+        check_embedding_loss(embedding_loss)
+        check_same_tokenizer(tokenizer_source(model_name_or_path), tokenizer_source(teacher_name_or_path))
         super().__init__(model_name_or_path, task_spec, **kwargs)
+        if task_kind(self.task.kind).pooled and alpha_ce > 0:
+            raise ConfigError(
+                f"embedding task {self.task.name!r} has no labels, so there is no task loss to weight by alpha_ce",
+                fix="set alpha_ce: 0 (the embedding recipes do) and alpha_kd > 0",
+            )
         teacher = load_task_model(teacher_name_or_path, self.task).eval().requires_grad_(False)
         student_out = getattr(self.model.config, "num_labels", None)
         if task_kind(self.task.kind).sized_by_labels and teacher.config.num_labels != student_out:
@@ -90,7 +102,10 @@ class DistillationModule(TaskModule):
         inputs.pop("start_positions", None)
         inputs.pop("end_positions", None)
         with torch.no_grad():
-            return self.teacher(**inputs, output_hidden_states=output_hidden_states)
+            outputs = self.teacher(**inputs, output_hidden_states=output_hidden_states)
+            if task_kind(self.task.kind).pooled:
+                add_sentence_embedding(self.teacher, outputs, inputs.get("attention_mask"))
+            return outputs
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         hidden = self.extensions.needs_hidden_states
@@ -101,7 +116,7 @@ class DistillationModule(TaskModule):
         if hp.alpha_ce > 0:
             parts["task"] = hp.alpha_ce * self.task_loss(outputs, batch)
         parts["kd"] = hp.alpha_kd * prediction_distillation_loss(
-            self.task.kind, outputs, teacher, batch, hp.temperature
+            self.task.kind, outputs, teacher, batch, hp.temperature, hp.embedding_loss
         )
         parts.update(self.extensions.losses(StepContext(self, batch, outputs, teacher)))
         return parts

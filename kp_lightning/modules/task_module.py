@@ -9,9 +9,9 @@ from torch import nn
 
 from kp_lightning.core.adapter import EncoderAdapter
 from kp_lightning.data.task_kinds import task_kind
-from kp_lightning.embedding.pooling import add_sentence_embedding
 from kp_lightning.data.task_metrics import TaskMetrics
 from kp_lightning.data.task_spec import TaskSpec
+from kp_lightning.embedding.pooling import add_sentence_embedding
 from kp_lightning.errors import ConfigError
 from kp_lightning.modules.extensions import ExtensionRegistry, LossTerm, ParamGroup, StepContext
 from kp_lightning.modules.model_loading import accepted_inputs, load_task_model

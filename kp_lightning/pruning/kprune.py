@@ -73,8 +73,6 @@ class KPruneConfig:
         check_embedding_loss(self.embedding_loss)
 
 
-
-
 def kprune(
     model: nn.Module, samples: SampleSet, task_kind: str, config: KPruneConfig, progress: bool = True
 ) -> PruneResult:
@@ -158,9 +156,7 @@ def _measure(student, sub, samples, soft, student_hidden, targets, task_kind, co
             if backward:
                 student_out = prediction_outputs(task_kind, student, out, inputs)
                 mask = samples.prediction_mask(batch, task_kind)
-                loss = prediction_loss(
-                    task_kind, student_out, soft[i], mask, config.temperature, config.embedding_loss
-                )
+                loss = prediction_loss(task_kind, student_out, soft[i], mask, config.temperature, config.embedding_loss)
                 loss.backward()
                 probe.after_backward()
     for s in probe.subs:

@@ -8,6 +8,9 @@ Embeddings, LayerNorm, softmax, GELU and attention matmuls stay fp32 (ORT fuses 
 
 The result, :class:`Int8OnnxModel`, is called like the Hugging Face model (``input_ids``, ``attention_mask``,
 ``token_type_ids`` -> an output with ``.logits`` / ``.start_logits`` / ``.last_hidden_state`` as torch tensors).
+A sentence-embedding model (a base encoder whose config records ``kp_pooling``) also embeds text:
+:meth:`Int8OnnxModel.sentence_embeddings` pools the ``last_hidden_state`` of a tokenized batch with the stored
+pooling, :meth:`Int8OnnxModel.encode` tokenizes texts first (as sentence-transformers does).
 
 On x86 CPUs without VNNI (AVX2 only) ORT's uint8 x int8 GEMM adds pairs of products in saturating int16, which
 makes rare outputs wrong; with ``unsigned_weights=True`` the same int8 grid is stored as uint8 + 128, which ORT runs
@@ -32,6 +35,8 @@ from transformers.utils import ModelOutput
 from kp_lightning.core.export import REPORT_FILE, add_remote_code
 from kp_lightning.core.model_card import write_model_card
 from kp_lightning.core.onnx_export import example_ids_and_axes
+from kp_lightning.embedding.pooling import model_pooling, pool
+from kp_lightning.embedding.st_export import embedding_dimension, write_embedding_files
 from kp_lightning.errors import ConfigError, MissingExtraError, MissingFileError
 from kp_lightning.extras import ONNX_FIX, require_onnx
 
@@ -107,12 +112,15 @@ class Int8OnnxModel(nn.Module):
         config: The Hugging Face config of the original model.
         meta: The quantization description (see ``quantization.json``).
         num_threads: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
+        tokenizer: What :meth:`encode` tokenizes with, or the directory to load it from when first needed
+            (:func:`load_int8` passes its directory).
     """
 
-    def __init__(self, onnx_model: bytes, config, meta: dict, num_threads: int | None = None):
+    def __init__(self, onnx_model: bytes, config, meta: dict, num_threads: int | None = None, tokenizer=None):
         super().__init__()
         self.onnx_model, self.config, self.meta = onnx_model, config, meta
         self.num_threads = num_threads
+        self.tokenizer = tokenizer
         self._device_anchor = nn.Parameter(torch.empty(0), requires_grad=False)
         self.session = self._session()
 
@@ -148,6 +156,87 @@ class Int8OnnxModel(nn.Module):
         feeds = {k: given[k].detach().cpu().to(torch.int64).numpy() for k in self.input_names}
         outputs = self.session.run(self.meta["output_names"], feeds)
         return ModelOutput(**{k: torch.from_numpy(v) for k, v in zip(self.meta["output_names"], outputs)})
+
+    def sentence_embeddings(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs) -> torch.Tensor:
+        """``[batch, dim]`` sentence embeddings of a tokenized batch: the int8 model's ``last_hidden_state``
+        pooled with the pooling its config records (``kp_pooling``), as the float model pooled.
+
+        Raises:
+            ConfigError: the model is not a sentence-embedding model (no pooling settings, or no
+                ``last_hidden_state`` output).
+        """
+        pooling = model_pooling(self)
+        if "last_hidden_state" not in self.meta["output_names"]:
+            raise ConfigError(
+                f"this int8 model outputs {self.meta['output_names']}, not last_hidden_state: it is not a base "
+                "encoder, so there are no token states to pool",
+                fix="quantize the base model (AutoModel) of the sentence-embedding model",
+            )
+        outputs = self(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return pool(outputs["last_hidden_state"], attention_mask.detach().cpu(), pooling)
+
+    def _tokenizer(self, tokenizer):
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        if tokenizer is None:
+            raise ConfigError(
+                "this int8 model has no tokenizer to encode text with",
+                fix="pass tokenizer=..., or save the int8 model with its tokenizer (save_int8(..., tokenizer=...))",
+            )
+        if isinstance(tokenizer, str | Path):
+            try:
+                loaded = transformers.AutoTokenizer.from_pretrained(str(tokenizer))
+            except (OSError, ValueError) as err:
+                raise MissingFileError(f"{tokenizer} has no tokenizer that loads ({err})") from None
+            if tokenizer == self.tokenizer:
+                self.tokenizer = loaded
+            tokenizer = loaded
+        return tokenizer
+
+    @torch.no_grad()
+    def encode(
+        self, texts: str | list[str], tokenizer=None, batch_size: int = 32, max_seq_length: int | None = None
+    ) -> torch.Tensor:
+        """Sentence embeddings of ``texts`` (``[len(texts), dim]``, or ``[dim]`` for one string), tokenized as
+        sentence-transformers does (stripped, padded per batch, truncated at ``max_seq_length``).
+
+        Args:
+            texts: One text or a list of texts.
+            tokenizer: Default: the one saved with the model (:func:`load_int8`) or given when it was built.
+            batch_size: Texts per ONNX Runtime call.
+            max_seq_length: Tokens per text; default: the pooling's ``max_seq_length``, else the smaller of the
+                tokenizer's ``model_max_length`` and the model's ``max_position_embeddings``.
+
+        Raises:
+            ConfigError: not a sentence-embedding model, or no tokenizer.
+        """
+        pooling = model_pooling(self)
+        tokenizer = self._tokenizer(tokenizer)
+        single = isinstance(texts, str)
+        texts = [texts] if single else [str(t) for t in texts]
+        if max_seq_length is None:
+            max_seq_length = pooling.max_seq_length
+        if max_seq_length is None:  # sentence-transformers' default
+            limits = (getattr(self.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", 0))
+            max_seq_length = min((v for v in limits if isinstance(v, int) and v > 0), default=None)
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                [t.strip() for t in texts[start : start + batch_size]],
+                padding=True,
+                truncation="longest_first",
+                max_length=max_seq_length,
+                return_tensors="pt",
+            )
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            if "token_type_ids" not in self.input_names:
+                inputs.pop("token_type_ids", None)
+            chunks.append(self.sentence_embeddings(**inputs))
+        if not chunks:
+            return torch.empty(0, embedding_dimension(self.config))
+        embeddings = torch.cat(chunks)
+        return embeddings[0] if single else embeddings
 
     def kernel_counts(self) -> dict[str, int]:
         """Operator types of the graph ONNX Runtime runs after its optimizations (fused integer kernels included)."""
@@ -252,6 +341,7 @@ def save_int8(
     (out_dir / QUANT_CONFIG_FILE).write_text(json.dumps(model.meta, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+    write_embedding_files(out_dir, model.config)  # a sentence-embedding model: its pooling in the ST layout too
     full = int8_report(model, report)
     (out_dir / REPORT_FILE).write_text(json.dumps(full, indent=2, default=str))
     architecture = (getattr(model.config, "architectures", None) or [None])[0]
@@ -270,4 +360,5 @@ def load_int8(path: str | Path, num_threads: int | None = None) -> Int8OnnxModel
     if meta.get("format") != FORMAT:
         raise ConfigError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}")
     config = transformers.AutoConfig.from_pretrained(path)
-    return Int8OnnxModel((path / ONNX_FILE).read_bytes(), config, meta, num_threads)
+    tokenizer = path if (path / "tokenizer_config.json").is_file() else None  # loaded when encode() first needs it
+    return Int8OnnxModel((path / ONNX_FILE).read_bytes(), config, meta, num_threads, tokenizer=tokenizer)

@@ -10,6 +10,7 @@ from torch import nn
 from kp_lightning.core.export import REPORT_FILE, add_remote_code, staging_dir
 from kp_lightning.core.model_card import write_model_card
 from kp_lightning.core.report import compression_report, parameter_fields
+from kp_lightning.embedding.st_export import write_embedding_files
 from kp_lightning.sparsity.masked_weights import MaskedWeights
 from kp_lightning.sparsity.storage import save_sparse
 
@@ -41,9 +42,10 @@ def write_sparse_model(
 ) -> dict:
     """Save ``model`` with ``save_pretrained`` (any tool loads it; a compact model with its code, for
     ``trust_remote_code=True``), ``sparsity_report.json``, ``compression_report.json``, the ``README.md`` model
-    card (kind ``sparse``) and, unless ``storage_values`` is ``None``, the bitmask + non-zeros copy in
-    ``<out_dir>/sparse``. Everything is written to a staging directory first: ``out_dir`` appears complete or not
-    at all.
+    card (kind ``sparse``), for a sentence-embedding model the sentence-transformers files
+    (:func:`~kp_lightning.embedding.st_export.write_embedding_files`) and, unless ``storage_values`` is ``None``,
+    the bitmask + non-zeros copy in ``<out_dir>/sparse``. Everything is written to a staging directory first:
+    ``out_dir`` appears complete or not at all.
 
     Args:
         model: The sparse model (fake quantization may be attached: its weights are what is saved).
@@ -70,6 +72,7 @@ def write_sparse_model(
         add_remote_code(staging, model.config)  # a compact model loads with trust_remote_code, as its export does
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        write_embedding_files(staging, model)  # an embedding model: a sentence-transformers folder too
         if storage_values is not None:
             sizes = save_sparse(model, staging / SPARSE_SUBDIR, values=storage_values, tokenizer=tokenizer)
             report["storage"] = compression["storage"] = sizes
