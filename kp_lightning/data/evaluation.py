@@ -6,6 +6,9 @@ import torch
 import torchmetrics
 from torch import nn
 
+from kp_lightning.embedding.pooling import add_sentence_embedding
+
+from kp_lightning.data.task_kinds import task_kind
 from kp_lightning.data.task_metrics import TaskMetrics
 from kp_lightning.data.task_spec import TaskSpec
 
@@ -38,6 +41,9 @@ def evaluate_model(
     for batch in dataloader:
         inputs = {k: v.to(device) for k, v in batch.items() if k in input_keys and isinstance(v, torch.Tensor)}
         labels = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        metrics.update(model(**inputs), labels)
+        outputs = model(**inputs)
+        if task_kind(task.kind).pooled:
+            add_sentence_embedding(model, outputs, inputs.get("attention_mask"))
+        metrics.update(outputs, labels)
     model.train(was_training)
     return {prefix + name: float(value) for name, value in metrics.compute().items()}
