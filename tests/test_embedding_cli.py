@@ -20,7 +20,7 @@ from tests.helpers import needs_onnx
 from tests.test_cli import REPO
 from tests.test_command_errors import error_block
 from tests.test_prune_cli import run_script
-from tests.text_fixtures import save_tiny_model
+from tests.text_fixtures import save_tiny_model, write_sst2
 
 needs_st = pytest.mark.skipif(
     importlib.util.find_spec("sentence_transformers") is None,
@@ -99,14 +99,19 @@ def test_bad_embedding_input_is_refused_before_any_work(setup, tmp_path, monkeyp
     unmatched.write_text("query\tdocument\trelevant\nwhere is it\tover there\t0\n")
     classifier = save_tiny_model(tmp_path / "classifier", "ForSequenceClassification")
     cases = [
-        (["--data.init_args.sts_file", str(no_score)], "no column(s) ['score']"),
-        (["--data.init_args.sentences", f"[{empty}]"], "none"),
-        (["--data.init_args.retrieval", str(unmatched)], "no relevant document"),
-        (["--model.init_args.model_name_or_path", str(classifier)], "trained for another task"),
-        (["--pruner.embedding_loss", "mse"], "unknown embedding loss"),
+        ([*base, "--data.init_args.sts_file", str(no_score)], "no column(s) ['score']"),
+        ([*base, "--data.init_args.sentences", f"[{empty}]"], "none"),
+        ([*base, "--data.init_args.retrieval", str(unmatched)], "no relevant document"),
+        ([*base, "--model.init_args.model_name_or_path", str(classifier)], "trained for another task"),
+        ([*base, "--pruner.embedding_loss", "mse"], "unknown embedding loss"),
     ]
-    for extra, expected in cases:
-        block = error_block(prune, [*base, *extra], capsys)
+    glue = write_sst2(tmp_path / "glue")  # the reverse: a classification task on an embedding model
+    reverse = ["-c", "configs/prune/kprune.yaml", "-c", "configs/data/glue/sst2.yaml", "--data.init_args.data_dir",
+               str(glue), "--model.init_args.model_name_or_path", str(model), "--output_dir", str(out),
+               "--trainer.logger", "false", "--pruner.progress", "false"]  # fmt: skip
+    cases.append((reverse, "newly initialised"))
+    for args, expected in cases:
+        block = error_block(prune, args, capsys)
         assert block[0].startswith("error:") and expected in block[0], block
         assert not out.exists()
 

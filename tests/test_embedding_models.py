@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
+from kp_lightning.compact_model.layouts import LAYOUTS
 from kp_lightning.core.adapter import EncoderAdapter
 from kp_lightning.core.flops import encoder_flops
 from kp_lightning.data.embedding_metrics import EmbeddingMetrics
@@ -21,7 +22,6 @@ from kp_lightning.modules.model_loading import accepted_inputs
 from kp_lightning.pruning import KPruneConfig, KwonConfig, kprune, kwon_prune
 from kp_lightning.pruning.sample_set import SampleSet
 from tests.embedding_fixtures import random_sentences, save_st_model, sentence_batches
-from tests.helpers import ARCHS
 from tests.text_fixtures import save_tiny_model, tiny_tokenizer
 
 HAS_ST = importlib.util.find_spec("sentence_transformers") is not None
@@ -39,7 +39,7 @@ def _ours(model, texts, tokenizer):
 @needs_st
 @pytest.mark.parametrize(
     ("arch", "pooling"),
-    [(arch, Pooling("mean", True, 64)) for arch in ARCHS]
+    [(arch, Pooling("mean", True, 64)) for arch in LAYOUTS]
     + [("bert", Pooling("cls", False, None)), ("roberta", Pooling("max", False, 64))],
 )
 def test_pooling_equals_sentence_transformers_encode(tmp_path, arch, pooling):
@@ -152,7 +152,7 @@ def test_retrieval_metrics_by_hand():
     assert math.isclose(values["ndcg10"], (1 / math.log2(3) + 1.0) / 2, abs_tol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", list(LAYOUTS))  # every architecture of the layout table
 @pytest.mark.parametrize("method", ["kprune", "kwon"])
 def test_retraining_free_pruning_meets_its_budget_on_embedding_models(tmp_path, arch, method):
     model = load_embedding_model(str(save_st_model(tmp_path / "st", arch))).eval()
