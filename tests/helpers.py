@@ -31,9 +31,16 @@ needs_onnx = pytest.mark.skipif(
     reason=f"needs the [onnx] extra: pip install -e '.[onnx]' (missing: {', '.join(MISSING_ONNX) or 'none'})",
 )
 
-ARCHS = ("bert", "roberta", "distilbert")
+ARCHS = ("bert", "roberta", "distilbert", "xlm-roberta", "camembert", "electra")
 TASKS = ("ForSequenceClassification", "ForQuestionAnswering", "ForMaskedLM", "Model")
-PREFIX = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert"}
+PREFIX = {
+    "bert": "Bert",
+    "roberta": "Roberta",
+    "distilbert": "DistilBert",
+    "xlm-roberta": "XLMRoberta",
+    "camembert": "Camembert",
+    "electra": "Electra",
+}
 
 
 def tiny_config(arch: str, attn_implementation: str = "eager", layers: int = 3):
@@ -41,7 +48,9 @@ def tiny_config(arch: str, attn_implementation: str = "eager", layers: int = 3):
     common = {"vocab_size": 99, "max_position_embeddings": 130, "attn_implementation": attn_implementation}
     if arch == "distilbert":
         return transformers.DistilBertConfig(dim=32, n_layers=layers, n_heads=4, hidden_dim=37, **common)
-    cls = transformers.BertConfig if arch == "bert" else transformers.RobertaConfig
+    if arch == "electra":  # embedding_size != hidden_size: the embeddings go through embeddings_project
+        common["embedding_size"] = 24
+    cls = getattr(transformers, PREFIX[arch] + "Config")
     return cls(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=37, **common)
 
 

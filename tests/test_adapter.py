@@ -26,7 +26,11 @@ def test_adapter_reads_every_supported_class(arch, task):
     assert view.query.out_features == 32 and view.attention_out.in_features == 32
     assert view.ffn_up.out_features == 37 and view.ffn_down.in_features == 37
     assert isinstance(view.attention_norm, torch.nn.LayerNorm) and isinstance(view.ffn_norm, torch.nn.LayerNorm)
-    assert adapter.embedding_norm.normalized_shape == (32,)
+    assert adapter.hidden_size == 32 and isinstance(adapter.embedding_norm, torch.nn.LayerNorm)
+    if arch == "electra":  # embedding_size 24: the stream starts at the projection to the hidden width
+        assert adapter.stream_start is adapter.embedding_projection and adapter.embedding_norm.normalized_shape == (24,)
+    else:
+        assert adapter.stream_start is adapter.embedding_norm and adapter.embedding_norm.normalized_shape == (32,)
 
 
 def test_bert_pretraining_heads_are_supported():

@@ -140,8 +140,10 @@ def test_cofi_and_gmp_fit_on_unlabeled_text_write_sentence_transformers_folders(
     gmp_out = tmp_path / "gmp"
     _fit("configs/pofa/embedding_gmp_cpu.yaml", model, data, tmp_path, "--trainer.callbacks.ramp_end_step", "4",
          "--trainer.callbacks.end_step", "4", "--trainer.callbacks.frequency", "2",
-         "--trainer.callbacks.output_dir", str(gmp_out))  # fmt: skip
-    for folder, remote in ((cofi_out, True), (gmp_out, False)):
+         "--trainer.callbacks.output_dir", str(gmp_out), "--trainer.callbacks+=callbacks.SaveBestPretrained",
+         "--trainer.callbacks.dirpath", str(tmp_path / "best"))  # fmt: skip
+    assert (tmp_path / "best" / "best_metric.json").is_file()
+    for folder, remote in ((cofi_out, True), (gmp_out, False), (tmp_path / "best", False)):
         ours = load_embedding_model(str(folder)).eval()
         st = SentenceTransformer(str(folder), device="cpu", trust_remote_code=remote)
         torch.testing.assert_close(st.encode(texts, convert_to_tensor=True), _embed(ours, texts), atol=1e-5, rtol=0)

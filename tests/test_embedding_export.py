@@ -14,13 +14,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from callbacks import SaveBestPretrained
 from kp_lightning import attach_masks, export_compact, export_dense
 from kp_lightning.core.compaction import compact
 from kp_lightning.embedding.loading import load_embedding_model
@@ -62,14 +60,6 @@ def pooled(model, arch: str, pooling: Pooling, masks=None) -> torch.Tensor:
         embeddings = pool(model.eval()(**batch).last_hidden_state, batch["attention_mask"], pooling)
     assert bool((embeddings[:, masks.hidden == 0] == 0).all())  # a removed hidden dim carries nothing
     return embeddings[:, masks.hidden != 0]
-
-
-def fake_trainer_and_module(model, tokenizer):
-    """Just what ``SaveBestPretrained._write`` reads from a trainer and a TaskModule."""
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=tokenizer), strategy=object())
-    task = SimpleNamespace(name="stsb", kind="embedding", main_metric="val/spearman")
-    module = SimpleNamespace(model=model, task=task, hparams={"model_name_or_path": "org/tiny-embedder"})
-    return trainer, module
 
 
 FRESH_PROCESS = """
@@ -146,14 +136,6 @@ def exports(tmp_path_factory):
     write_sparse_model(model, root / "sparse_compact", masked, tokenizer=tokenizer, storage_values=None)
     add("sparse_compact", root / "sparse_compact", True, pooled(model, "distilbert", MEAN))
 
-    # SaveBestPretrained's directory of a stock model (a compact one goes through export_compact)
-    model = embedding_model("bert", Pooling("mean", False, 64), seed=3)
-    trainer, module = fake_trainer_and_module(model, tokenizer)
-    record = {"monitor": "val/spearman", "value": 0.5, "epoch": 0, "step": 4}
-    callback = SaveBestPretrained(dirpath=str(root / "best"))
-    callback._write(trainer, module, root / "best", model.state_dict(), record)
-    add("best", root / "best", False, pooled(model, "bert", Pooling("mean", False, 64)))
-
     (root / "cases.json").write_text(json.dumps(cases))
     (root / "texts.json").write_text(json.dumps(TEXTS))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -225,12 +207,6 @@ def test_sparse_exports_load_in_sentence_transformers(exports):
     assert loaded["class"] == "KPDistilBertModel"
 
 
-def test_save_best_pretrained_writes_a_sentence_transformers_folder(exports):
-    loaded = check_same_embeddings(exports, "best")
-    assert loaded["class"] == "BertModel" and loaded["modules"] == ["Transformer", "Pooling"]
-    assert (exports["best"][0] / "best_metric.json").is_file()
-
-
 def test_model_cards_of_embedding_exports(exports):
     compact_card = ModelCard.load(exports["compact_bert"][0] / "README.md")
     assert compact_card.data.pipeline_tag == "sentence-similarity"
@@ -240,7 +216,7 @@ def test_model_cards_of_embedding_exports(exports):
     assert "SentenceTransformer(path, trust_remote_code=True)" in compact_card.text
     dimension = exports["compact_bert"][2]["dimension"]
     assert f"mean pooling, L2-normalized, dimension {dimension}, max_seq_length 64" in compact_card.text
-    for name in ("dense_bert", "sparse_roberta", "best"):  # stock architectures: no remote code
+    for name in ("dense_bert", "sparse_roberta"):  # stock architectures: no remote code
         card = ModelCard.load(exports[name][0] / "README.md")
         assert card.data.pipeline_tag == "sentence-similarity" and card.data.library_name == "sentence-transformers"
         assert "SentenceTransformer(path)" in card.text and "trust_remote_code" not in card.text

@@ -150,3 +150,27 @@ def test_compacting_a_compact_model_composes(arch):
 def test_train_mode_is_preserved():
     model = tiny_model("bert", "ForSequenceClassification").train()
     assert compact(model, edge_case_masks(model)).training
+
+
+@pytest.mark.parametrize("embedding_size", [24, 32])  # with and without ELECTRA's embeddings_project
+@pytest.mark.parametrize("task", ["ForMaskedLM", "ForPreTraining", "ForMultipleChoice", "Model"])
+def test_electra_both_embedding_size_cases(embedding_size, task, tmp_path):
+    import transformers
+
+    from tests.helpers import tiny_config
+
+    config = tiny_config("electra")
+    config.embedding_size = embedding_size
+    torch.manual_seed(0)
+    model = getattr(transformers, "Electra" + task)(config).eval()
+    adapter = EncoderAdapter(model)
+    assert (adapter.embedding_projection is not None) == (embedding_size != 32)
+    masks = edge_case_masks(model)
+    batch = tiny_batch()
+    if task == "ForMultipleChoice":
+        batch = {k: v.unsqueeze(1).expand(-1, 2, -1).contiguous() for k, v in batch.items()}
+    masked, out, small = masked_and_compact(model, masks, batch)
+    torch.testing.assert_close(out, masked, atol=ATOL, rtol=0)
+    small.save_pretrained(tmp_path / "small")
+    reloaded = type(small).from_pretrained(tmp_path / "small").eval()
+    torch.testing.assert_close(main_output(reloaded(**batch)), out, atol=ATOL, rtol=0)

@@ -23,6 +23,8 @@ def by_hand(model, batch, attention_bias: bool, ffn_bias: bool) -> torch.Tensor:
     adapter = EncoderAdapter(model)
     view = adapter.layers[0]
     x = adapter.base.embeddings(input_ids=batch["input_ids"])
+    if adapter.embedding_projection is not None:  # ELECTRA with embedding_size != hidden_size
+        x = adapter.embedding_projection(x)
     b_att = view.attention_out.bias if attention_bias else torch.zeros_like(view.attention_out.bias)
     b_ffn = view.ffn_down.bias if ffn_bias else torch.zeros_like(view.ffn_down.bias)
     h = view.attention_norm(x + b_att)

@@ -7,7 +7,7 @@ paths relative to one layer, head paths relative to the task model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,11 @@ class EncoderLayout:
     num_layers_attr: str
     pooler: str | None
     heads: dict[str, HeadLayout] = field(default_factory=dict)
+    embedding_projection: str | None = None
+    """Linear from the embedding width to the hidden width (ELECTRA when ``embedding_size != hidden_size``;
+    absent from models that do not need it). When the model has it, the hidden stream starts at its output:
+    hidden dimensions are its output rows, and the embedding tables, their LayerNorm and an MLM head's
+    embedding-space output keep their width."""
 
     @property
     def compact_model_type(self) -> str:
@@ -186,6 +191,35 @@ LAYOUTS: dict[str, EncoderLayout] = {
         },
     ),
 }
+
+LAYOUTS["xlm-roberta"] = replace(
+    LAYOUTS["roberta"], model_type="xlm-roberta", class_prefix="XLMRoberta", config_class="XLMRobertaConfig"
+)
+LAYOUTS["camembert"] = replace(
+    LAYOUTS["roberta"], model_type="camembert", class_prefix="Camembert", config_class="CamembertConfig"
+)
+LAYOUTS["electra"] = replace(
+    LAYOUTS["bert"],
+    model_type="electra",
+    class_prefix="Electra",
+    config_class="ElectraConfig",
+    base_prefix="electra",
+    pooler=None,
+    embedding_projection="embeddings_project",
+    heads={
+        "Model": HeadLayout(),
+        "ForSequenceClassification": HeadLayout(sequence_readers=("classifier.dense",)),
+        "ForQuestionAnswering": HeadLayout(token_readers=("qa_outputs",)),
+        "ForTokenClassification": HeadLayout(token_readers=("classifier",)),
+        "ForMultipleChoice": HeadLayout(sequence_readers=("sequence_summary.summary",), choices=True),
+        "ForMaskedLM": HeadLayout(
+            lm_transform="generator_predictions.dense",
+            lm_norm="generator_predictions.LayerNorm",
+            lm_decoder="generator_lm_head",
+        ),
+        "ForPreTraining": HeadLayout(token_readers=("discriminator_predictions.dense",)),
+    },
+)
 
 
 def layout_for_model_type(model_type: str) -> EncoderLayout | None:

@@ -83,6 +83,16 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path) if path else root
 
 
+def _optional_module(root: nn.Module, path: str | None) -> nn.Module | None:
+    """Module at a dotted path, or None when ``path`` is None or the model has no such module."""
+    if not path:
+        return None
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return None
+
+
 def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
     """Replace the module at a dotted path."""
     parent_path, _, name = path.rpartition(".")
@@ -200,9 +210,13 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
     base = base_model_of(model, layout)
     hidden = int(structure["hidden_size"])
     head_size = getattr(model.config, layout.hidden_size_attr) // getattr(model.config, layout.num_heads_attr)
-    for path in layout.embedding_tables:
-        set_module(base, path, _sized_embedding(get_module(base, path), hidden))
-    set_module(base, layout.embedding_norm, _sized_norm(get_module(base, layout.embedding_norm), hidden))
+    projection = _optional_module(base, layout.embedding_projection)
+    if projection is not None:  # the hidden stream starts at the projection; the embeddings keep their width
+        set_module(base, layout.embedding_projection, _sized_linear(projection, projection.in_features, hidden))
+    else:
+        for path in layout.embedding_tables:
+            set_module(base, path, _sized_embedding(get_module(base, path), hidden))
+        set_module(base, layout.embedding_norm, _sized_norm(get_module(base, layout.embedding_norm), hidden))
     check_removed_sublayer_semantics(structure)
     layers = get_module(base, layout.layers)
     for layer, heads, neurons in zip(layers, structure["heads"], structure["intermediate"], strict=True):
@@ -229,7 +243,10 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
     for path in head.token_readers + head.sequence_readers:
         old = get_module(model, path)
         set_module(model, path, _sized_linear(old, hidden, old.out_features))
-    if head.lm_transform:
+    if head.lm_transform and projection is not None:  # it writes the unpruned embedding space
+        transform = get_module(model, head.lm_transform)
+        set_module(model, head.lm_transform, _sized_linear(transform, hidden, transform.out_features))
+    elif head.lm_transform:
         set_module(model, head.lm_transform, _sized_linear(get_module(model, head.lm_transform), hidden, hidden))
         set_module(model, head.lm_norm, _sized_norm(get_module(model, head.lm_norm), hidden))
         decoder = get_module(model, head.lm_decoder)

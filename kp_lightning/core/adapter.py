@@ -152,9 +152,23 @@ class EncoderAdapter:
         return get_module(self.base, self.layout.embedding_norm)
 
     @property
+    def embedding_projection(self) -> nn.Linear | None:
+        """The Linear from the embedding width to the hidden stream, when the model has one (ELECTRA)."""
+        path = self.layout.embedding_projection
+        return get_module(self.base, path) if path and _has_module(self.base, path) else None
+
+    @property
+    def stream_start(self) -> nn.Module:
+        """The module whose output is the hidden stream entering layer 0 (the embedding projection, else the
+        embedding LayerNorm)."""
+        projection = self.embedding_projection
+        return projection if projection is not None else self.embedding_norm
+
+    @property
     def hidden_size(self) -> int:
         """Current width of the hidden stream."""
-        return self.word_embeddings.embedding_dim
+        projection = self.embedding_projection
+        return projection.out_features if projection is not None else self.word_embeddings.embedding_dim
 
     @property
     def pooler(self) -> nn.Linear | None:
@@ -185,6 +199,14 @@ class EncoderAdapter:
             heads=tuple(layer.num_heads for layer in self.layers),
             neurons=tuple(layer.num_neurons for layer in self.layers),
         )
+
+
+def _has_module(root: nn.Module, path: str) -> bool:
+    try:
+        get_module(root, path)
+    except AttributeError:
+        return False
+    return True
 
 
 def example_input_shape(model: nn.Module, batch_size: int, seq_len: int, num_choices: int = 1) -> tuple[int, ...]:

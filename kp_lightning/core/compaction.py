@@ -100,9 +100,13 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
     def reader(module: nn.Linear) -> None:
         put(module, module.weight[:, hid], module.bias)
 
-    for table in adapter.embedding_tables:
-        put(table, table.weight[:, hid])
-    norm(adapter.embedding_norm)
+    projection = adapter.embedding_projection
+    if projection is not None:  # the tables and their LayerNorm keep the embedding width
+        put(projection, (projection.weight * hidden[:, None])[hid], (projection.bias * hidden)[hid])
+    else:
+        for table in adapter.embedding_tables:
+            put(table, table.weight[:, hid])
+        norm(adapter.embedding_norm)
 
     for view, heads, neurons in zip(adapter.layers, structure.heads, structure.neurons, strict=True):
         i, dh = view.index, view.head_size
@@ -138,7 +142,9 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
     for module in adapter.stream_readers():
         reader(module)
     head = adapter.head
-    if head.lm_transform:
+    if head.lm_transform and projection is not None:  # it writes the (unpruned) embedding space
+        reader(model.get_submodule(head.lm_transform))
+    elif head.lm_transform:
         transform = model.get_submodule(head.lm_transform)
         put(transform, transform.weight[hid][:, hid], transform.bias[hid])
         lm_norm = model.get_submodule(head.lm_norm)

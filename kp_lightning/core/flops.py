@@ -35,11 +35,14 @@ def encoder_flops(shape: EncoderShape, seq_len: int) -> int:
 
 
 def head_linear_flops(model: nn.Module, seq_len: int) -> int:
-    """FLOPs of the pooler and task head Linear layers for one sequence."""
+    """FLOPs of the Linear layers outside the encoder layers for one sequence: the embedding projection (at
+    every token), the pooler and the task head."""
     adapter = EncoderAdapter(model)
     encoder = adapter.encoder_modules()
     inside = {id(m) for m in encoder.modules()}
     token_level = {id(model.get_submodule(p)) for p in adapter.head.token_level}
+    if adapter.embedding_projection is not None:
+        token_level.add(id(adapter.embedding_projection))
     total = 0
     for module in model.modules():
         if isinstance(module, nn.Linear) and id(module) not in inside:

@@ -86,8 +86,12 @@ def attach_masks(model: nn.Module, masks: StructuralMasks) -> MaskHandle:
         handle.add(view.ffn_down.register_forward_pre_hook(_neuron_scale(masks, i)))
         handle.add(view.ffn_down.register_forward_hook(_output_scale(masks, i, "ffn")))
         handle.add(view.ffn_norm.register_forward_hook(_sublayer_norm(masks)))
-    handle.add(adapter.embedding_norm.register_forward_hook(_stream_norm(masks, scale=True)))
-    if adapter.head.lm_norm:
+    projection = adapter.embedding_projection
+    if projection is not None:  # the stream starts at a Linear: its output dims are the hidden dims
+        handle.add(projection.register_forward_hook(_stream_scale(masks)))
+    else:
+        handle.add(adapter.embedding_norm.register_forward_hook(_stream_norm(masks, scale=True)))
+    if adapter.head.lm_norm and projection is None:  # with a projection the MLM output space is not pruned
         handle.add(
             adapter.model.get_submodule(adapter.head.lm_norm).register_forward_hook(_stream_norm(masks, scale=False))
         )
@@ -130,6 +134,14 @@ def _sublayer_norm(masks: StructuralMasks) -> Callable:
         if _all_ones(masks.hidden):
             return None
         return masked_layer_norm(module, args[0], masks.hidden.to(args[0].dtype), scale=True)
+
+    return hook
+
+
+def _stream_scale(masks: StructuralMasks) -> Callable:
+    def hook(module, args, output):
+        hidden = masks.hidden
+        return None if _all_ones(hidden) else output * hidden.to(output.dtype)
 
     return hook
 

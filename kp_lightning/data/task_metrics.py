@@ -70,6 +70,15 @@ def _metric(name: str, spec: TaskSpec) -> torchmetrics.Metric:
     raise ConfigError(f"Metric {name!r} is not available for {spec.kind} task {spec.name!r}.")
 
 
+def _check_metric_names(spec: TaskSpec, available) -> None:
+    unknown = [m for m in spec.metrics if m not in available]
+    if unknown:
+        raise ConfigError(
+            f"Metric(s) {unknown} are not available for {spec.kind} task {spec.name!r}.",
+            fix=f"choose from {list(available)}",
+        )
+
+
 class TaskMetrics(nn.Module):
     """The metrics of one task and one evaluation split, fed with model outputs and batches.
 
@@ -85,21 +94,11 @@ class TaskMetrics(nn.Module):
             self.squad = text.SQuAD()
             self.metrics = nn.ModuleDict()
         elif spec.kind == "embedding":
-            unknown = [m for m in spec.metrics if m not in EMBEDDING_METRICS]
-            if unknown:
-                raise ConfigError(
-                    f"Metric(s) {unknown} are not available for embedding task {spec.name!r}.",
-                    fix=f"choose from {list(EMBEDDING_METRICS)}",
-                )
+            _check_metric_names(spec, EMBEDDING_METRICS)
             self.embedding = EmbeddingMetrics(spec.metrics)
             self.metrics = nn.ModuleDict()
         elif spec.kind == "token_classification":
-            unknown = [m for m in spec.metrics if m not in ENTITY_METRICS]
-            if unknown:
-                raise ConfigError(
-                    f"Metric(s) {unknown} are not available for token classification task {spec.name!r}.",
-                    fix=f"choose from {list(ENTITY_METRICS)}",
-                )
+            _check_metric_names(spec, ENTITY_METRICS)
             self.entities = EntityScores(spec.label_names)
             self.metrics = nn.ModuleDict()
         else:

@@ -44,7 +44,7 @@ def start_at_layer(model: nn.Module, layer: int) -> Iterator[LayerFeed]:
             raise RuntimeError("start_at_layer: set feed.hidden before calling the model")
         return feed.hidden
 
-    handle = adapter.embedding_norm.register_forward_hook(replace)
+    handle = adapter.stream_start.register_forward_hook(replace)
     saved = [layers[i] for i in range(layer)]
     for i in range(layer):
         layers[i] = _Passthrough()
@@ -65,7 +65,7 @@ def embedding_output(model: nn.Module, inputs: dict) -> torch.Tensor:
         captured["h"] = output
         raise _Stop
 
-    handle = adapter.embedding_norm.register_forward_hook(grab)
+    handle = adapter.stream_start.register_forward_hook(grab)
     try:
         model(**inputs)
     except _Stop:
