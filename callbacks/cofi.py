@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks.cofi_export import export_result, score_teacher
 from callbacks.export_info import check_hub_target, push_export
+from callbacks.strategy_support import refuse_sharded_training
 from kp_lightning.cofi import GRANULARITIES, CoFiGates, CoFiPruner, SparsitySchedule
 from kp_lightning.cofi.cofi_run import best_state, check_student, kept_structure_metrics
 from kp_lightning.core.adapter import EncoderAdapter, UnsupportedModelError
@@ -164,8 +165,7 @@ class CoFi(pl.Callback):
                 "CoFi distils from a teacher: use --model DistillationModule with teacher_name_or_path "
                 f"(got {type(pl_module).__name__}); configs/cofi/ has complete recipes."
             )
-        if isinstance(trainer.strategy, FSDPStrategy):
-            raise ConfigError("CoFi runs on one device or under DDP, not FSDP (its gates act on unsharded layers).")
+        refuse_sharded_training(trainer, "CoFi", "its gates and hooks act on unsharded layers")
         try:
             adapter = EncoderAdapter(pl_module.model)
         except UnsupportedModelError as err:

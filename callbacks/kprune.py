@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
 import torch
 import transformers
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from kp_lightning.core.adapter import EncoderAdapter
 from kp_lightning.core.compaction import compact
+from kp_lightning.core.sharding import gathered_model, is_sharded
 from kp_lightning.core.structure import EncoderStructure
 from kp_lightning.embedding.losses import DEFAULT_EMBEDDING_LOSS
 from kp_lightning.modules.model_loading import STRUCTURE_STATE_KEY, accepted_inputs
@@ -126,9 +129,11 @@ class KPrune(pl.Callback):
             return
         if isinstance(trainer.strategy, FSDPStrategy):
             raise PruneError(
-                "KPrune does not run under FSDP: prune with prune.py (single device or DDP), then fine-tune the "
-                "exported model with FSDP (train.py fit --model.init_args.model_name_or_path <export dir>)."
+                "KPrune does not run under FSDPStrategy (FSDP1)",
+                fix="use FSDP2 instead: -c configs/trainer/fsdp2.yaml (ModelParallelStrategy), or DDP",
             )
+        if is_sharded(pl_module.model):  # FSDP2, a second run of the same module (prune.py): gather, prune, re-shard
+            _replace_model(pl_module, gathered_model(pl_module.model, all_ranks=True))
         restored = self._structure_from_checkpoint(trainer.ckpt_path)
         if restored is not None:
             self.structure = restored
@@ -219,6 +224,8 @@ class KPrune(pl.Callback):
     def _structure_from_checkpoint(self, ckpt_path: str | None) -> EncoderStructure | None:
         if not ckpt_path:
             return None
+        if Path(ckpt_path).is_dir():  # a distributed (sharded) checkpoint: callback states are in its metadata
+            ckpt_path = Path(ckpt_path) / _METADATA_FILENAME
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         state = checkpoint.get("callbacks", {}).get(self.state_key)
         if not state or not state.get(STRUCTURE_STATE_KEY):

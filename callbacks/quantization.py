@@ -9,11 +9,11 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.composition import check_composition, check_model_unchanged
 from callbacks.export_info import check_hub_target, first_val_loader, push_export, run_fields, score, teacher_score
+from callbacks.strategy_support import refuse_sharded_training
 from kp_lightning.core.export import REPORT_FILE, check_output_dir, staging_dir
 from kp_lightning.core.report import compression_report, model_summary, parameter_fields
 from kp_lightning.errors import ConfigError
@@ -110,8 +110,7 @@ class QuantizationAwareTraining(pl.Callback):
             return
         if not isinstance(pl_module, TaskModule):
             raise ConfigError(f"QuantizationAwareTraining works with kp_lightning's TaskModule, got {type(pl_module)}")
-        if isinstance(trainer.strategy, FSDPStrategy):
-            raise ConfigError("QuantizationAwareTraining runs on one device or under DDP, not FSDP.")
+        refuse_sharded_training(trainer, "QuantizationAwareTraining", "its observers act on unsharded Linear layers")
         check_composition(self, trainer, "fake-quantized")
         check_storable(pl_module.model)  # the sparse int8 copy is written at the end: refuse an unstorable model now
         names = self.names = default_quantized_linears(pl_module.model, self.exclude)

@@ -17,6 +17,7 @@ from kp_lightning.core.adapter import EncoderAdapter
 from kp_lightning.core.export import REPORT_FILE, export_compact
 from kp_lightning.core.model_card import write_model_card
 from kp_lightning.core.report import compression_report
+from kp_lightning.core.sharding import gathered_model, is_sharded
 from kp_lightning.embedding.st_export import write_embedding_files
 from kp_lightning.errors import ConfigError
 
@@ -75,14 +76,19 @@ class SaveBestPretrained(pl.Callback):
         if not improved:
             return
         self.best = value
-        # A collective call under FSDP (gathers full weights); cheap elsewhere. Every rank must take part.
-        state = trainer.strategy.lightning_module_state_dict()
-        target = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "best_model")  # collective
-        if trainer.is_global_zero:
+        # Collective calls under FSDP (gather full weights); cheap elsewhere. Every rank must take part.
+        model = pl_module.model
+        if is_sharded(model):  # FSDP2 (ModelParallelStrategy): an unsharded copy on rank 0, None elsewhere
+            model = gathered_model(model)
+            model_state = model.state_dict() if model is not None else None
+        else:
+            state = trainer.strategy.lightning_module_state_dict()
             prefix = "model."
             model_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        target = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "best_model")  # collective
+        if trainer.is_global_zero:
             record = {"monitor": name, "value": value, "epoch": trainer.current_epoch, "step": trainer.global_step}
-            self.best_path = str(self._write(trainer, pl_module, target, model_state, record))
+            self.best_path = str(self._write(trainer, pl_module, model, target, model_state, record))
         trainer.strategy.barrier("SaveBestPretrained")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -106,13 +112,12 @@ class SaveBestPretrained(pl.Callback):
             "notes": ["metric_compressed: the monitored validation value of this checkpoint (best_metric.json)."],
         }
 
-    def _write(self, trainer, pl_module, target: Path, state: dict[str, torch.Tensor], record: dict) -> Path:
+    def _write(self, trainer, pl_module, model, target: Path, state: dict[str, torch.Tensor], record: dict) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
         staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
         fields = self._report_fields(pl_module, record)
         try:
-            model = pl_module.model
             if EncoderAdapter(model).is_compact:
                 export_compact(model, staging / "model", tokenizer=tokenizer, overwrite=True, **fields)
                 for item in (staging / "model").iterdir():

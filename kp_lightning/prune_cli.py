@@ -11,6 +11,7 @@ from pathlib import Path
 from callbacks.kprune import KPrune
 from kp_lightning.cli import KPLightningCLI, build_cli
 from kp_lightning.core.export import check_output_dir
+from kp_lightning.core.sharding import gathered_model
 from kp_lightning.core.structured_export import (
     STRUCTURE_PNG,
     LatencyCheck,
@@ -60,19 +61,20 @@ def run_pruning(cli: PruneCLI) -> dict:
     trainer.callbacks.append(pruner)
     pruned_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
     report = {}
+    pruned = gathered_model(module.model)  # FSDP2: the full pruned model on rank 0 (collective); else itself
     if trainer.is_global_zero:
-        report = _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, out_dir)
+        report = _export(cli, pruner, module, pruned, data, metric, dense_metrics, pruned_metrics, out_dir)
         if config.push_to_hub:
             push_to_hub(out_dir, config.push_to_hub, private=config.hub_private)
     trainer.strategy.barrier()
     return report
 
 
-def _export(cli, pruner, module, data, metric, dense_metrics, pruned_metrics, out_dir: Path) -> dict:
+def _export(cli, pruner, module, pruned, data, metric, dense_metrics, pruned_metrics, out_dir: Path) -> dict:
     config = cli.config
     device = cli.trainer.strategy.root_device
     result, dense = pruner.result, pruner.dense_model.to(device).eval()
-    small = module.model.to(device).eval()
+    small = pruned.to(device).eval()
     check = LatencyCheck(config.latency_batch_size, config.latency_seq_len, config.latency_seconds)
     speedup, latency = latency_speedup(dense, small, check)  # on the run's device (CPU, or prune.py's GPU)
     fields = {

@@ -206,12 +206,14 @@ def test_kprune_then_fit_checkpoints_reload_and_resume(setup, tmp_path):
 
 
 @pytest.mark.gpu
-def test_fsdp_is_refused_with_a_way_forward(setup, tmp_path):
+def test_fsdp1_is_refused_with_a_way_forward_to_fsdp2(setup, tmp_path):
+    """Lightning's FSDPStrategy (FSDP1, CUDA only) is refused; FSDP2 works (tests/test_distributed_runs.py)."""
     if not torch.cuda.is_available():
-        pytest.skip("FSDP needs a CUDA device")
+        pytest.skip("FSDP1 needs a CUDA device")
     root, model, glue, common = setup
     args = [*common, "--trainer.accelerator", "gpu", "--trainer.strategy", "fsdp", "--pruner.flops_reduction", "0.5",
             "--output_dir", str(tmp_path / "out"), "--trainer.logger", "false"]  # fmt: skip
-    with pytest.raises(PruneError, match="does not run under FSDP"):
+    with pytest.raises(PruneError, match=r"does not run under FSDPStrategy \(FSDP1\)") as err:
         prune_main(args)
+    assert "configs/trainer/fsdp2.yaml" in err.value.fix
     assert not (tmp_path / "out").exists()

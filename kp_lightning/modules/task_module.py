@@ -8,6 +8,7 @@ import torchmetrics
 from torch import nn
 
 from kp_lightning.core.adapter import EncoderAdapter
+from kp_lightning.core.sharding import shard_encoder
 from kp_lightning.data.task_kinds import task_kind
 from kp_lightning.data.task_metrics import TaskMetrics
 from kp_lightning.data.task_spec import TaskSpec
@@ -115,6 +116,23 @@ class TaskModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         for term in self.extensions.loss_terms.values():
             term.bind(self)
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2): ``fully_shard`` each encoder layer and the whole model over
+        the data-parallel mesh, once (the hook runs for every ``fit``/``validate``/``test`` call, after the
+        callbacks' ``setup``, so a pruning callback has already replaced the model). Elsewhere: nothing."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None:
+            return
+        if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
+            raise ConfigError(
+                f"tensor parallelism (tensor_parallel_size={mesh['tensor_parallel'].size()}) is not supported; "
+                "kp_lightning shards encoders with FSDP2 only",
+                fix="set trainer.strategy.init_args.tensor_parallel_size: 1 and data_parallel_size to the number "
+                "of processes (configs/trainer/fsdp2.yaml)",
+            )
+        dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        shard_encoder(self.model, dp_mesh)
 
     def on_fit_start(self) -> None:
         self.model.train()  # from_pretrained and earlier evaluation leave the model in eval mode
