@@ -32,7 +32,9 @@ class KPrune(pl.Callback):
 
     Used alone (``prune.py``, or ``train.py validate``) it is retraining-free pruning; at the start of a
     ``train.py fit`` run the pruned model is then fine-tuned or distilled. Under DDP every rank measures its
-    share of the sample batches and the statistics are all-reduced, so all ranks build the same model.
+    share of the sample batches and the statistics are all-reduced, so all ranks build the same model. Under FSDP2
+    (``ModelParallelStrategy``) ``setup`` runs before ``configure_model`` shards the model, so the full model is
+    pruned; a model sharded by an earlier run (``prune.py``'s first validation) is gathered first.
     Checkpoints record the kept structure, so a resumed run rebuilds the pruned model without pruning again
     (``train.py fit --ckpt_path`` does this; from Python set ``trainer.ckpt_path`` before ``trainer.fit``).
 

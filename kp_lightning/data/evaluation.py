@@ -6,11 +6,10 @@ import torch
 import torchmetrics
 from torch import nn
 
-from kp_lightning.embedding.pooling import add_sentence_embedding
-
 from kp_lightning.data.task_kinds import task_kind
 from kp_lightning.data.task_metrics import TaskMetrics
 from kp_lightning.data.task_spec import TaskSpec
+from kp_lightning.embedding.pooling import add_sentence_embedding
 
 
 @torch.no_grad()
