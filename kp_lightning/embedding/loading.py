@@ -18,6 +18,8 @@ from kp_lightning.errors import ConfigError
 from kp_lightning.pretrained_loading import load_pretrained
 
 PRETRAINING_HEADS = ("ForMaskedLM", "ForPreTraining", "Model")
+OTHER_BACKEND_FILES = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot"]
+"""Files of other runtimes in a sentence-transformers hub repo, not downloaded."""
 """Architectures whose checkpoint is a pretrained encoder, not a model trained for another task."""
 
 
@@ -31,7 +33,7 @@ def sentence_transformers_folder(name_or_path: str) -> Path | None:
         import huggingface_hub
 
         huggingface_hub.hf_hub_download(name_or_path, MODULES_FILE)
-        return Path(huggingface_hub.snapshot_download(name_or_path))
+        return Path(huggingface_hub.snapshot_download(name_or_path, ignore_patterns=OTHER_BACKEND_FILES))
     except Exception:  # offline, unknown or not a sentence-transformers repo: plain loading reports it
         return None
 
