@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
 
 from kp_lightning import hub_push
 from kp_lightning.data.evaluation import evaluate_model
@@ -41,11 +42,20 @@ def push_export(who: str, export_dir: str | Path, repo_id: str, private: bool = 
 
 
 def first_val_loader(trainer: pl.Trainer):
-    """The datamodule's (first) validation dataloader, or ``None``."""
+    """The datamodule's (first) validation dataloader over the whole split, or ``None``.
+
+    In a distributed run the datamodule's loader reads this rank's share only; the exports score on rank 0 alone,
+    so they get the same data without the distributed sampler (what one process scores).
+    """
     datamodule = trainer.datamodule
     loader = datamodule.val_dataloader() if datamodule is not None else None
     if isinstance(loader, list | tuple):
         loader = loader[0] if loader else None
+    if loader is not None and isinstance(getattr(loader, "sampler", None), DistributedSampler):
+        loader = DataLoader(
+            loader.dataset, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn,
+            num_workers=loader.num_workers,
+        )  # fmt: skip
     return loader
 
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.composition import check_composition, check_model_unchanged
@@ -18,9 +19,9 @@ from callbacks.export_info import (
     teacher_score,
     without_fake_quant,
 )
-from callbacks.strategy_support import refuse_sharded_training
 from kp_lightning.core.export import check_output_dir
 from kp_lightning.core.report import model_summary
+from kp_lightning.core.sharding import gathered_model, is_sharded
 from kp_lightning.errors import ConfigError
 from kp_lightning.modules.task_module import TaskModule
 from kp_lightning.sparsity import MaskedWeights, SparsityPattern, select_linear_names
@@ -35,6 +36,10 @@ class SparseWeightsCallback(pl.Callback):
     gradients of pruned weights are zeroed before every optimizer step and the weights re-zeroed after it.
     Compact models (K-prune or CoFi exports) work like stock ones: their kept Linear layers are sparsified and
     both outputs carry the compact code (``trust_remote_code=True`` loads them without kp_lightning).
+
+    Under FSDP2 (``ModelParallelStrategy``, the module shards the model after this ``setup``) the masks stay full
+    and identical on every rank: they are chosen on the gathered weights, so they equal one process's, act on each
+    rank's local shard, and are saved full in checkpoints; the export gathers the full model on rank 0.
 
     Args:
         include: Regexes of the Linear layers to sparsify (default: the encoder layers' Q, K, V, attention
@@ -99,7 +104,11 @@ class SparseWeightsCallback(pl.Callback):
         name = type(self).__name__
         if not isinstance(pl_module, TaskModule):
             raise ConfigError(f"{name} works with kp_lightning's TaskModule/DistillationModule, got {type(pl_module)}")
-        refuse_sharded_training(trainer, name, "its masks act on unsharded weights")
+        if isinstance(trainer.strategy, FSDPStrategy):  # FSDP1 flattens the weights the masks refer to
+            raise ConfigError(
+                f"{name} does not run under FSDPStrategy (FSDP1)",
+                fix="use FSDP2 instead: -c configs/trainer/fsdp2.yaml (ModelParallelStrategy), or DDP",
+            )
         check_composition(self, trainer, "masked")
         model = pl_module.model
         if self.storage_values is not None:
@@ -160,22 +169,28 @@ class SparseWeightsCallback(pl.Callback):
         self.masked.apply()
         self.log_per_layer(trainer)
         out = self._output_dir(trainer)  # on every rank: trainer.log_dir is collective
+        model, masked = pl_module.model, self.masked
+        if is_sharded(model):  # FSDP2: the full model on rank 0 (collective), with the same (full) masks
+            model = gathered_model(model)
+            masked = masked.rebind(model) if model is not None else None
         if trainer.is_global_zero:
             tokenizer = getattr(trainer.datamodule, "tokenizer", None)
             report = write_sparse_model(
-                pl_module.model, out, self.masked, tokenizer, self._report(trainer), self.storage_values,
-                report_fields=self._compression_fields(trainer, pl_module), reference_summary=self._reference,
+                model, out, masked, tokenizer, self._report(trainer), self.storage_values,
+                report_fields=self._compression_fields(trainer, pl_module, model), reference_summary=self._reference,
             )  # fmt: skip
             rank_zero_info(f"{type(self).__name__}: {report['sparsity']:.1%} sparse model written to {out}")
         trainer.strategy.barrier(type(self).__name__)
         if self.push_to_hub and trainer.is_global_zero:
             push_export(type(self).__name__, out, self.push_to_hub, self.hub_private)
 
-    def _compression_fields(self, trainer: pl.Trainer, pl_module: TaskModule) -> dict:
-        """``compression_report.json``'s run fields: the exported model's and the teacher's validation metrics."""
+    def _compression_fields(self, trainer: pl.Trainer, pl_module: TaskModule, model=None) -> dict:
+        """``compression_report.json``'s run fields: the exported model's (``model``, default the module's) and
+        the teacher's validation metrics."""
         fields = run_fields(pl_module)
         loader = first_val_loader(trainer)
-        compressed = score(without_fake_quant(pl_module.model), pl_module, loader)
+        model = pl_module.model if model is None else model
+        compressed = score(without_fake_quant(model), pl_module, loader)
         dense = teacher_score(pl_module, loader)
         metric = fields["metric_name"]
         return {

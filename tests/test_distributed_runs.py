@@ -1,5 +1,6 @@
 """FSDP2 (ModelParallelStrategy, 2 gloo processes) and a simulated 2-node DDP run give what one process gives:
-fine-tuning, K-prune then distillation, prune.py; the methods not yet sharded refuse FSDP with a way forward."""
+fine-tuning, K-prune then distillation, prune.py, gradual magnitude pruning; the methods not yet sharded (CoFi,
+QAT) refuse FSDP with a way forward."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 from safetensors.torch import load_file
 
-from callbacks import CoFi, GradualMagnitudePruning, QuantizationAwareTraining
+from callbacks import CoFi, GradualMagnitudePruning, PatternLock, QuantizationAwareTraining
 from callbacks.strategy_support import refuse_sharded_training
 from kp_lightning.errors import ConfigError
 from kp_lightning.modules import DistillationModule, TaskModule
@@ -141,6 +142,41 @@ def test_fsdp2_prune_cli_equals_one_process(setup, single_prune, tmp_path):
     assert_same_prune(tmp_path, single_prune)
 
 
+GMP = ["--trainer.callbacks+=GradualMagnitudePruning", "--trainer.callbacks.final_sparsity", "0.5",
+       "--trainer.callbacks.ramp_end_step", "4", "--trainer.callbacks.frequency", "2"]  # fmt: skip
+
+
+def gmp_masks(run: Path) -> dict[str, torch.Tensor]:
+    """The masks GradualMagnitudePruning saved in ``last.ckpt``."""
+    callbacks = torch.load(next(run.rglob("last.ckpt")), weights_only=True)["callbacks"]
+    (state,) = [v for k, v in callbacks.items() if k.startswith("GradualMagnitudePruning")]
+    return state["masks"]
+
+
+@pytest.mark.slow
+def test_fsdp2_gradual_magnitude_pruning_equals_one_process(setup, tmp_path):
+    """Masks chosen on the gathered weights (identical to one process's), hard zeros on every shard, full masks in
+    the checkpoint, the sparse export gathered on rank 0."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, batch_size, extra in ((one, 16, []), (two, 8, ["-c", FSDP2_CPU])):
+        gmp = [*GMP, "--trainer.callbacks.output_dir", str(out / "sparse")]
+        run_script("train.py", fit_args(setup, out, batch_size, *gmp, *extra), tmp_path)
+    assert_same_fit(two, one, sharded=True)
+    masks = [gmp_masks(d) for d in (two, one)]
+    assert masks[0].keys() == masks[1].keys() and len(masks[0]) == 18  # 3 layers x (Q, K, V, out, FFN up, down)
+    for name, mask in masks[1].items():
+        assert torch.equal(masks[0][name], mask), name
+    exports = [load_file(d / "sparse" / "model.safetensors") for d in (two, one)]
+    assert_same_tensors(*exports)
+    for name, mask in masks[0].items():
+        assert not exports[0][f"{name}.weight"][~mask].any(), name  # the zeros stayed hard
+    reports = [json.loads((d / "sparse" / "sparsity_report.json").read_text()) for d in (two, one)]
+    assert reports[0]["per_weight"] == reports[1]["per_weight"]
+    assert reports[0]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    compression = [json.loads((d / "sparse" / "compression_report.json").read_text()) for d in (two, one)]
+    assert compression[0]["metrics_compressed"] == pytest.approx(compression[1]["metrics_compressed"], abs=1e-5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,7 +218,7 @@ def test_two_simulated_nodes_fit_and_prune_like_one_process(setup, single_fit, s
 
 @pytest.mark.parametrize("strategy", [ModelParallelStrategy(), DDPStrategy()])
 def test_methods_without_sharding_support_refuse_fsdp2_with_a_way_forward(strategy):
-    """CoFi, GMP/PatternLock and QAT are not sharded yet: under FSDP2 they stop in setup, before any work."""
+    """CoFi and QAT are not sharded yet: under FSDP2 they stop in setup, before any work."""
     trainer = SimpleNamespace(strategy=strategy)
     if isinstance(strategy, DDPStrategy):
         refuse_sharded_training(trainer, "CoFi", "gates")  # DDP is supported
@@ -191,8 +227,17 @@ def test_methods_without_sharding_support_refuse_fsdp2_with_a_way_forward(strate
         refuse_sharded_training(trainer, "CoFi", "gates")
     assert "configs/trainer/fsdp2.yaml" in err.value.fix
     module = TaskModule.__new__(TaskModule)  # the refusal comes before the module is looked at
-    for callback in (GradualMagnitudePruning(final_sparsity=0.5, ramp_end_step=10), QuantizationAwareTraining()):
-        with pytest.raises(ConfigError, match="does not run under FSDP2"):
-            callback.setup(trainer, module, "fit")
+    with pytest.raises(ConfigError, match="does not run under FSDP2"):
+        QuantizationAwareTraining().setup(trainer, module, "fit")
     with pytest.raises(ConfigError, match="CoFi does not run under FSDP2"):
         CoFi(target_sparsity=0.6)._check_inputs(trainer, DistillationModule.__new__(DistillationModule))
+
+
+def test_sparse_weight_callbacks_refuse_fsdp1_only():
+    """GMP and PatternLock run under FSDP2 (tested above); FSDP1 flattens the weights their masks refer to."""
+    trainer = SimpleNamespace(strategy=FSDPStrategy())
+    module = TaskModule.__new__(TaskModule)
+    for callback in (GradualMagnitudePruning(final_sparsity=0.5, ramp_end_step=10), PatternLock()):
+        with pytest.raises(ConfigError, match=r"does not run under FSDPStrategy \(FSDP1\)") as err:
+            callback.setup(trainer, module, "fit")
+        assert "configs/trainer/fsdp2.yaml" in err.value.fix
