@@ -9,13 +9,14 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.composition import check_composition, check_model_unchanged
 from callbacks.export_info import check_hub_target, first_val_loader, push_export, run_fields, score, teacher_score
-from callbacks.strategy_support import refuse_sharded_training
 from kp_lightning.core.export import REPORT_FILE, check_output_dir, staging_dir
 from kp_lightning.core.report import compression_report, model_summary, parameter_fields
+from kp_lightning.core.sharding import gathered_model, is_sharded
 from kp_lightning.errors import ConfigError
 from kp_lightning.extras import require_onnx
 from kp_lightning.modules.task_module import TaskModule
@@ -45,6 +46,11 @@ class QuantizationAwareTraining(pl.Callback):
     sublayers have no Linear layer to quantize, its Q/K/V run the stock (unfused) attention under fake quantization,
     and its int8 directory carries the compact code. A model that could not be exported, CoFi in the same run, or
     a KPrune listed after this callback are refused in ``setup``, before any training.
+
+    Under DDP and FSDP2 (``ModelParallelStrategy``) the observers all-reduce every training batch's range, so the
+    ranges are the same on every rank and equal one process's on the same global batch; under FSDP2 the hooks see
+    the unsharded weights in the forward and the export converts the full model gathered on rank 0. FSDP1
+    (``FSDPStrategy``) is refused.
 
     At the end of ``fit`` the model is converted to a real int8 model (an ONNX file with int8 weights and the
     learned scales, run by ONNX Runtime's integer kernels on CPU; ``load_int8`` reloads it) and written to
@@ -110,7 +116,11 @@ class QuantizationAwareTraining(pl.Callback):
             return
         if not isinstance(pl_module, TaskModule):
             raise ConfigError(f"QuantizationAwareTraining works with kp_lightning's TaskModule, got {type(pl_module)}")
-        refuse_sharded_training(trainer, "QuantizationAwareTraining", "its observers act on unsharded Linear layers")
+        if isinstance(trainer.strategy, FSDPStrategy):  # FSDP1 flattens the weights the hooks quantize
+            raise ConfigError(
+                "QuantizationAwareTraining does not run under FSDPStrategy (FSDP1)",
+                fix="use FSDP2 instead: -c configs/trainer/fsdp2.yaml (ModelParallelStrategy), or DDP",
+            )
         check_composition(self, trainer, "fake-quantized")
         check_storable(pl_module.model)  # the sparse int8 copy is written at the end: refuse an unstorable model now
         names = self.names = default_quantized_linears(pl_module.model, self.exclude)
@@ -121,8 +131,10 @@ class QuantizationAwareTraining(pl.Callback):
             check_output_dir(out, self.overwrite, hint="set the callback option overwrite: true")
             self._reference = model_summary(pl_module.model)  # before fake quantization is attached
         self.quantizer = FakeQuantizer(pl_module.model, names, self.no_output_quant, self.averaging_constant)
-        # A submodule of the LightningModule: its ranges move with the model, are checkpointed, and DDP broadcasts
-        # rank 0's ranges with the other buffers.
+        # A submodule of the LightningModule: its ranges move with the model and are checkpointed. In a distributed
+        # run (DDP, FSDP2) every observation all-reduces the batch's range, so the ranges are identical on every
+        # rank (DDP's buffer broadcast then changes nothing). Under FSDP2 the module shards the model after this
+        # setup; the hooks stay on the same Linear modules and see their unsharded weights in the forward.
         pl_module.add_module("fake_quant", self.quantizer)
         self.quantizer.attach()
         rank_zero_info(f"QuantizationAwareTraining: {len(names)} Linear layers fake-quantized to 8 bits")
@@ -147,25 +159,32 @@ class QuantizationAwareTraining(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         out = self._output_dir(trainer)  # on every rank: trainer.log_dir is collective
+        model, quantizer = pl_module.model, self.quantizer
+        if is_sharded(model):  # FSDP2: the full model on rank 0 (collective), fake-quantized with the same ranges
+            model = gathered_model(model)
+            quantizer = quantizer.rebind(model) if model is not None else None
         if trainer.is_global_zero:
-            self.report = self._export(trainer, pl_module, first_val_loader(trainer), out)
+            self.report = self._export(trainer, pl_module, model, quantizer, first_val_loader(trainer), out)
             rank_zero_info(f"QuantizationAwareTraining: int8 model written to {out}")
         trainer.strategy.barrier("QuantizationAwareTraining export")
         if self.push_to_hub and trainer.is_global_zero:
             push_export("QuantizationAwareTraining", out, self.push_to_hub, self.hub_private)
 
     @torch.no_grad()
-    def _export(self, trainer: pl.Trainer, pl_module: TaskModule, loader, out: Path) -> dict:
-        model = pl_module.model
+    def _export(
+        self, trainer: pl.Trainer, pl_module: TaskModule, model, quantizer: FakeQuantizer, loader, out: Path
+    ) -> dict:
+        """Rank 0: the int8 export of ``model`` (the module's model, or its gathered copy under FSDP2) observed
+        by ``quantizer``."""
         was_training = model.training
         model.eval()
         fake_model = copy.deepcopy(model).cpu()  # keeps the fake-quant forwards: the reference for the int8 model
-        int8 = convert_to_int8(fake_model, self.quantizer)
+        int8 = convert_to_int8(fake_model, quantizer)
         float_model = copy.deepcopy(fake_model)
         strip_fake_quant(float_model)  # the trained float weights, for the report's summary (and metric_dense)
         report = {
             "method": "QuantizationAwareTraining",
-            "quantized_linears": len(self.quantizer.module_names),
+            "quantized_linears": len(quantizer.module_names),
             "train_seconds": round(self.train_seconds, 2),
             "steps": trainer.global_step,
         }

@@ -10,13 +10,13 @@ from kp_lightning.errors import ConfigError
 
 def refuse_sharded_training(trainer: pl.Trainer, name: str, reason: str) -> None:
     """Raise ``ConfigError`` under FSDP1 (``FSDPStrategy``) or FSDP2 (``ModelParallelStrategy``): ``name`` does not
-    support sharded weights yet (``reason``). Fine-tuning, distillation, KPrune, GradualMagnitudePruning and
-    PatternLock run under FSDP2."""
+    support sharded weights yet (``reason``). Fine-tuning, distillation, KPrune, GradualMagnitudePruning,
+    PatternLock and QuantizationAwareTraining run under FSDP2."""
     if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
         kind = "FSDP1 (FSDPStrategy)" if isinstance(trainer.strategy, FSDPStrategy) else "FSDP2 (ModelParallelStrategy)"
         raise ConfigError(
             f"{name} does not run under {kind} yet: {reason}",
             fix=f"run {name} on one device or under DDP (strategy: ddp, also over several nodes); fine-tuning, "
-            "distillation, KPrune, GradualMagnitudePruning and PatternLock do run under FSDP2 "
-            "(-c configs/trainer/fsdp2.yaml)",
+            "distillation, KPrune, GradualMagnitudePruning, PatternLock and QuantizationAwareTraining do run "
+            "under FSDP2 (-c configs/trainer/fsdp2.yaml)",
         )

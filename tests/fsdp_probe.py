@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import transformers
 from torch.utils.data import DataLoader, DistributedSampler
 
 from kp_lightning.core.sharding import full_state_dict, is_sharded
@@ -48,9 +49,18 @@ class GlobalBatchGlue(GlueDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=self.train_collator())
 
 
+class FixedLengthGlobalBatchGlue(GlobalBatchGlue):
+    """:class:`GlobalBatchGlue` padding every batch to ``max_length``: statistics over all positions (QAT's
+    activation ranges see padded positions too) then do not depend on how the global batch is split."""
+
+    def train_collator(self):
+        return transformers.DataCollatorWithPadding(self.tokenizer, padding="max_length", max_length=self.max_length)
+
+
 class RunRecorder(pl.Callback):
     """Writes ``<out_dir>/metrics.json`` (the logged ``val/*`` values after every validation) and
-    ``<out_dir>/weights.pt`` (the full model weights at the end of fit) on rank 0; gathers shards if needed."""
+    ``<out_dir>/weights.pt`` (the full model weights at the end of fit) on rank 0; gathers shards if needed.
+    With ``QuantizationAwareTraining`` every rank writes its observer ranges to ``<out_dir>/ranges_rank<r>.pt``."""
 
     def __init__(self, out_dir: str):
         self.out_dir = Path(out_dir)
@@ -63,6 +73,11 @@ class RunRecorder(pl.Callback):
 
     def _save(self, trainer, pl_module) -> None:
         model = pl_module.model
+        quantizer = getattr(pl_module, "fake_quant", None)
+        if quantizer is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            ranges = {k: v.detach().cpu() for k, v in quantizer.state_dict().items()}
+            torch.save(ranges, self.out_dir / f"ranges_rank{trainer.global_rank}.pt")
         if is_sharded(model):
             state = full_state_dict(model)  # collective
         else:

@@ -1,6 +1,6 @@
 """FSDP2 (ModelParallelStrategy, 2 gloo processes) and a simulated 2-node DDP run give what one process gives:
-fine-tuning, K-prune then distillation, prune.py, gradual magnitude pruning; the methods not yet sharded (CoFi,
-QAT) refuse FSDP with a way forward."""
+fine-tuning, K-prune then distillation, prune.py, gradual magnitude pruning, quantization-aware training; CoFi,
+not yet sharded, refuses FSDP with a way forward."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from callbacks import CoFi, GradualMagnitudePruning, PatternLock, QuantizationAw
 from callbacks.strategy_support import refuse_sharded_training
 from kp_lightning.errors import ConfigError
 from kp_lightning.modules import DistillationModule, TaskModule
+from tests.helpers import MISSING_ONNX, needs_onnx, tiny_batch
 from tests.test_cli import REPO
 from tests.test_prune_cli import run_script
 from tests.text_fixtures import save_tiny_model, write_sst2
@@ -41,11 +42,12 @@ def setup(tmp_path_factory):
     return root
 
 
-def fit_args(root: Path, out: Path, batch_size: int, *extra: str) -> list[str]:
-    """Fine-tune recipe (gradient clipping, SaveBestPretrained, last.ckpt) on the global-batch-sharded SST-2."""
+def fit_args(root: Path, out: Path, batch_size: int, *extra: str, data: str = "GlobalBatchGlue") -> list[str]:
+    """Fine-tune recipe (gradient clipping, SaveBestPretrained, last.ckpt) on the global-batch-sharded SST-2
+    (``data``: a data module of ``tests.fsdp_probe``)."""
     return ["fit", "-c", str(REPO / "configs/finetune/glue.yaml"),
             "--model.init_args.model_name_or_path", str(root / "model"), "--model.init_args.learning_rate", "1e-3",
-            "--data", "tests.fsdp_probe.GlobalBatchGlue", "--data.init_args.task", "sst2",
+            "--data", f"tests.fsdp_probe.{data}", "--data.init_args.task", "sst2",
             "--data.init_args.data_dir", str(root / "glue"), "--data.init_args.tokenizer", str(root / "model"),
             "--data.init_args.cache_dir", "null", "--data.init_args.batch_size", str(batch_size),
             "--data.init_args.eval_batch_size", "4", "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
@@ -177,6 +179,46 @@ def test_fsdp2_gradual_magnitude_pruning_equals_one_process(setup, tmp_path):
     assert compression[0]["metrics_compressed"] == pytest.approx(compression[1]["metrics_compressed"], abs=1e-5)
 
 
+DDP_CPU = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
+QAT = ["--trainer.callbacks+=QuantizationAwareTraining", "--trainer.callbacks.averaging_constant", "0.1"]
+
+
+@needs_onnx
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fsdp2", "ddp"])
+def test_quantization_aware_training_in_two_processes_equals_one_process(setup, tmp_path, strategy):
+    """The observers all-reduce each batch's range: identical on both ranks and equal to one process's on the
+    same global batch (batches padded to a fixed length: padded positions are observed too). Under FSDP2 the
+    fake-quant hooks quantize the unsharded weights and the int8 model is converted from the gathered model on
+    rank 0; under DDP rank 0 converts its own replica."""
+    from kp_lightning.quantization import load_int8
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    two_processes = ["-c", FSDP2_CPU] if strategy == "fsdp2" else DDP_CPU
+    for out, batch_size, extra in ((one, 16, []), (two, 8, two_processes)):
+        qat = [*QAT, "--trainer.callbacks.output_dir", str(out / "int8"), "--data.init_args.max_length", "32"]
+        run_script("train.py", fit_args(setup, out, batch_size, *qat, *extra, data="FixedLengthGlobalBatchGlue"),
+                   tmp_path)  # fmt: skip
+    assert_same_fit(two, one, sharded=strategy == "fsdp2")  # last.ckpt's state_dict holds the ranges too
+    ranks = [torch.load(two / "rec" / f"ranges_rank{r}.pt") for r in (0, 1)]
+    reference = torch.load(one / "rec" / "ranges_rank0.pt")
+    assert len(reference) > 30 and all(torch.isfinite(v).all() for v in reference.values())
+    assert ranks[0].keys() == ranks[1].keys() == reference.keys()
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]), key  # identical on every rank
+    assert_same_tensors(ranks[0], reference)
+    reports = [json.loads((d / "int8" / "quantization_report.json").read_text()) for d in (two, one)]
+    for key in ("metrics_fake_quant", "metrics_int8"):
+        assert reports[0][key].keys() == reports[1][key].keys()
+        assert reports[0][key] == pytest.approx(reports[1][key], abs=1e-5), key
+    assert reports[0]["steps"] == reports[1]["steps"] == 6
+    assert reports[0]["quantized_linears"] == reports[1]["quantized_linears"]
+    models = [load_int8(d / "int8") for d in (two, one)]
+    inputs = tiny_batch(batch=4, seq=16)
+    outputs = [model(**inputs).logits for model in models]
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -218,7 +260,7 @@ def test_two_simulated_nodes_fit_and_prune_like_one_process(setup, single_fit, s
 
 @pytest.mark.parametrize("strategy", [ModelParallelStrategy(), DDPStrategy()])
 def test_methods_without_sharding_support_refuse_fsdp2_with_a_way_forward(strategy):
-    """CoFi and QAT are not sharded yet: under FSDP2 they stop in setup, before any work."""
+    """CoFi is not sharded yet: under FSDP2 it stops in setup, before any work."""
     trainer = SimpleNamespace(strategy=strategy)
     if isinstance(strategy, DDPStrategy):
         refuse_sharded_training(trainer, "CoFi", "gates")  # DDP is supported
@@ -226,18 +268,19 @@ def test_methods_without_sharding_support_refuse_fsdp2_with_a_way_forward(strate
     with pytest.raises(ConfigError, match=r"does not run under FSDP2 \(ModelParallelStrategy\) yet") as err:
         refuse_sharded_training(trainer, "CoFi", "gates")
     assert "configs/trainer/fsdp2.yaml" in err.value.fix
-    module = TaskModule.__new__(TaskModule)  # the refusal comes before the module is looked at
-    with pytest.raises(ConfigError, match="does not run under FSDP2"):
-        QuantizationAwareTraining().setup(trainer, module, "fit")
     with pytest.raises(ConfigError, match="CoFi does not run under FSDP2"):
         CoFi(target_sparsity=0.6)._check_inputs(trainer, DistillationModule.__new__(DistillationModule))
 
 
-def test_sparse_weight_callbacks_refuse_fsdp1_only():
-    """GMP and PatternLock run under FSDP2 (tested above); FSDP1 flattens the weights their masks refer to."""
+def test_sparse_weight_and_quantization_callbacks_refuse_fsdp1_only():
+    """GMP, PatternLock and QAT run under FSDP2 (tested above); FSDP1 flattens the weights their masks refer to
+    and their fake quantization rounds."""
     trainer = SimpleNamespace(strategy=FSDPStrategy())
     module = TaskModule.__new__(TaskModule)
-    for callback in (GradualMagnitudePruning(final_sparsity=0.5, ramp_end_step=10), PatternLock()):
+    callbacks = [GradualMagnitudePruning(final_sparsity=0.5, ramp_end_step=10), PatternLock()]
+    if not MISSING_ONNX:
+        callbacks.append(QuantizationAwareTraining())
+    for callback in callbacks:
         with pytest.raises(ConfigError, match=r"does not run under FSDPStrategy \(FSDP1\)") as err:
             callback.setup(trainer, module, "fit")
         assert "configs/trainer/fsdp2.yaml" in err.value.fix

@@ -26,6 +26,7 @@ from kp_lightning.quantization import (
     strip_fake_quant,
     weight_qparams,
 )
+from kp_lightning.quantization.fake_quant import ActivationObserver
 from kp_lightning.quantization.int8_model import Int8OnnxModel, cpu_has_vnni
 from tests.helpers import needs_onnx, tiny_batch, tiny_model
 from tests.text_fixtures import tiny_tokenizer
@@ -96,6 +97,48 @@ def test_activation_observer_is_a_moving_average_like_torch():
         scale, zero_point = obs.qparams()
         ref_scale, ref_zp = reference.calculate_qparams()
         assert torch.allclose(scale, ref_scale[0]) and int(zero_point) == int(ref_zp[0])
+
+
+def _observe_a_shard(rank: int, port: int, batches: torch.Tensor, out: str) -> None:
+    """One of 2 gloo processes: observe this rank's contiguous half of every global batch."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        obs = ActivationObserver(averaging_constant=0.1)
+        for batch in batches:
+            half = batch.shape[0] // 2
+            obs.observe(batch[rank * half : (rank + 1) * half])
+        torch.save(obs.state_dict(), f"{out}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_observers_all_reduce_ranges_across_processes(tmp_path):
+    """With torch.distributed initialized, each observation takes the range over all processes: both ranks keep
+    the same ranges, those of one process observing the whole global batches; in one process it is a no-op."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from kp_lightning.quantization.fake_quant import all_reduce_range
+
+    g = torch.Generator().manual_seed(0)
+    batches = torch.randn(4, 6, 5, generator=g) * torch.tensor([1.0, 3.0, 0.5, 2.0]).view(4, 1, 1)
+    batches[1, 0] += 10  # a maximum only rank 0 sees
+    batches[2, 5] -= 10  # a minimum only rank 1 sees
+    one = ActivationObserver(averaging_constant=0.1)
+    for batch in batches:
+        one.observe(batch)
+    lo, hi = torch.tensor(-1.0), torch.tensor(2.0)
+    assert all_reduce_range(lo, hi) == (lo, hi)  # no process group: unchanged
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_observe_a_shard, args=(port, batches, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for key, value in one.state_dict().items():
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+        assert torch.equal(ranks[0][key], value), key
 
 
 def test_ranges_move_only_in_training_with_observers_enabled():

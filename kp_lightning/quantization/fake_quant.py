@@ -84,10 +84,30 @@ def activation_qparams_from_range(min_val: torch.Tensor, max_val: torch.Tensor) 
     return scale, zero_point.to(torch.int32)
 
 
+def all_reduce_range(min_val: torch.Tensor, max_val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The range over all processes (the min of the mins, the max of the maxes) when ``torch.distributed`` is
+    initialized with more than one process, else ``(min_val, max_val)`` unchanged.
+
+    A collective of the default group (the data-parallel group: DDP and FSDP2 without tensor parallelism): every
+    process must observe the same number of times, as training forwards do. Each process then moves its moving
+    average with the range of the global batch, so the ranges are identical on every rank and equal to one process
+    fed the whole global batch (for padding-free statistics: padded positions are observed like any other).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return min_val, max_val
+    if torch.distributed.get_world_size() <= 1:
+        return min_val, max_val
+    both = torch.stack([-min_val, max_val])  # one MAX all-reduce: max(-min) = -(min of the mins)
+    torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+    return -both[0], both[1]
+
+
 class ActivationObserver(nn.Module):
     """Moving-average min/max of a tensor and its uint8 fake quantization.
 
     State (``state_dict``): ``min_val`` and ``max_val`` (``+inf`` / ``-inf`` until the first observation).
+    In a distributed run (DDP, FSDP2) each observation takes the range over all processes
+    (:func:`all_reduce_range`), so every rank keeps the same ranges, those of one process on the global batch.
     """
 
     def __init__(self, averaging_constant: float = 0.01):
@@ -107,7 +127,7 @@ class ActivationObserver(nn.Module):
         """Update the moving min/max with ``x`` (the first observation sets them)."""
         if self.min_val.device != x.device:
             self.min_val, self.max_val = self.min_val.to(x.device), self.max_val.to(x.device)
-        cur_min, cur_max = torch.aminmax(x.detach().float())
+        cur_min, cur_max = all_reduce_range(*torch.aminmax(x.detach().float()))
         c = self.averaging_constant
         first = torch.isinf(self.min_val)
         self.min_val.copy_(torch.where(first, cur_min, self.min_val + c * (cur_min - self.min_val)))
@@ -199,8 +219,11 @@ class FakeQuantizer(nn.Module):
         averaging_constant: EMA constant of the activation observers.
         attach: Install the fake-quant forwards immediately.
 
-    Under DDP, register the quantizer as a submodule of the wrapped module (``pl_module.add_module(...)``): DDP then
-    broadcasts rank 0's ranges with the other buffers before every forward; otherwise each rank keeps its own.
+    In a distributed run (DDP, FSDP2) the observers all-reduce every batch's range (:func:`all_reduce_range`): the
+    ranges are identical on every rank and equal to one process's on the same global batch. Register the quantizer
+    as a submodule of the LightningModule (``pl_module.add_module(...)``) so its ranges move to the device and are
+    checkpointed. Under FSDP2 the hooks see the unsharded weights (FSDP2's pre-forward unshards the layer), so the
+    weight scales are those of the full weights.
     """
 
     def __init__(
@@ -239,6 +262,24 @@ class FakeQuantizer(nn.Module):
             yield quant.input
             if quant.output is not None:
                 yield quant.output
+
+    def rebind(self, model: nn.Module) -> FakeQuantizer:
+        """A quantizer of the same layers of ``model`` (e.g. a gathered, unsharded copy of the model this one
+        observes) holding a copy of these observers' ranges and switches, on ``model``'s device, attached when this
+        one is."""
+        averaging = next(iter(self.observers())).averaging_constant if self.module_names else 0.01
+        quant = FakeQuantizer(model, self.module_names, self.no_output_quant, averaging)
+        device = next(iter(model.parameters())).device
+        quant.to(device)
+        quant.load_state_dict({k: v.detach().to(device) for k, v in self.state_dict().items()})
+        for (_, mine), (_, theirs) in zip(self.named_quantizers(), quant.named_quantizers(), strict=True):
+            theirs.fake_quant_enabled = mine.fake_quant_enabled
+            theirs.input.enabled = mine.input.enabled
+            if mine.output is not None:
+                theirs.output.enabled = mine.output.enabled
+        if self.attached:
+            quant.attach()
+        return quant
 
     # -- attach / detach ------------------------------------------------------------------------------------------
     def attach(self) -> FakeQuantizer:
