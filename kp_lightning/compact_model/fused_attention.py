@@ -82,8 +82,9 @@ class FusedQKVForward:
 
     The stock forward runs instead when a projection is not a plain ``nn.Linear`` (quantized, parametrized), has
     hooks (global module hooks included) or an instance-level ``forward`` (fake quantization), or when the call
-    brings a cache, encoder states or ``output_attentions``. The concatenated weight is cached only when no
-    gradient is needed, no graph is being captured and no ``torch.func`` transform runs; it is rebuilt when a
+    brings a cache, encoder states or ``output_attentions``, or while a graph is being captured (export, tracing,
+    compile). The concatenated weight is cached only when no gradient is needed and no ``torch.func`` transform
+    runs; it is rebuilt when a
     projection's Parameter is replaced, its storage changes or it is modified in place (its version counter).
     Writes through ``.data`` do not move version counters: call :meth:`clear_cache` after them.
 
@@ -193,7 +194,10 @@ class FusedQKVForward:
 
     def __call__(self, *args, **kwargs):
         core = self.core
-        stock_call = self._stock_call(args, kwargs)
+        # While a graph is captured (ONNX export, tracing, compile) the stock forward runs: the graph then holds
+        # three MatMuls whose weights are initializers (dynamic quantization and constant folding see them), not
+        # a Concat of the weights computed at run time.
+        stock_call = _capturing_graph() or self._stock_call(args, kwargs)
         projections = None if stock_call else self._projections()
         fused = None if projections is None else self._fused_parameters(projections)
         if fused is None:
