@@ -23,10 +23,14 @@ Protocol (one seed, 0):
 - Kwon et al. (``kwon_prune``, contrastive Fisher objective) at 30-80 % on 2048 sentences drawn as the
   ``configs/prune/kwon_embedding.yaml`` recipe does (``sample_draw="reference"``, ``num_samples=2048``,
   reference average length 16, drawn with replacement; FLOPs model at 16 tokens, as the callback sets it).
-- int8: the model exported to ONNX (``kp_lightning.core.onnx_export.export_onnx``) and quantized with ONNX
-  Runtime dynamic quantization (``quantize_dynamic``, per-tensor weights, activations quantized on the fly).
-  The weight type (QInt8 or QUInt8) is chosen per model BEFORE evaluation by fidelity to the fp32 model on 256
-  training sentences (the higher mean cosine; within 1e-3 the faster one at 32 x 128); both are recorded.
+- int8: the model exported to ONNX (``kp_lightning.core.onnx_export.export_onnx``) with eager attention
+  (``set_attn_implementation("eager")``: the sdpa export adds an IsNaN + Where guard over every attention
+  matrix; that export is kept and timed as a diagnostic), run through ONNX Runtime's recommended
+  pre-processing (``quant_pre_process``, constant folding: the compact model's fused Q/K/V weight is exported as
+  a runtime Concat that ``quantize_dynamic`` would otherwise leave in fp32), then ONNX Runtime dynamic
+  quantization (``quantize_dynamic``, per-tensor weights, activations quantized on the fly). The weight type
+  (QInt8 or QUInt8) is chosen per model BEFORE evaluation by fidelity to the fp32 model on 256 training
+  sentences (QUInt8 if its mean cosine is higher by more than 1e-3, else QInt8); all candidates are recorded.
   Rows: K-prune 50 % (default loss) + int8, dense + int8 (the peer).
 - model2vec (``distill(model_name=<model dir>, pca_dims=256)``). ``model2vec[distill]`` pins transformers<5.4,
   so it runs in a separate virtualenv (``--m2v-python``, default ``~/.cache/kp_lightning/embedding_minilm/
@@ -452,8 +456,38 @@ def ort_timer(session, batch: int, seq: int, vocab: int) -> float:
     return timer.blocked_autorange(min_run_time=2.0).median * 1e3
 
 
+def onnx_op_count(path: Path, op: str) -> int:
+    import onnx
+
+    return sum(node.op_type == op for node in onnx.load(str(path)).graph.node)
+
+
+def runtime_weight_matmuls(path: Path) -> int:
+    """MatMul nodes whose weight (B) is computed in the graph from initializers (not an initializer itself)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name for i in graph.initializer}
+    made_by = {out: node for node in graph.node for out in node.output}
+
+    def from_initializers(name: str, depth: int = 0) -> bool:
+        if name in inits:
+            return True
+        node = made_by.get(name)
+        return node is not None and depth < 4 and all(from_initializers(i, depth + 1) for i in node.input if i)
+
+    matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] not in inits]
+    return sum(from_initializers(n.input[1]) for n in matmuls)
+
+
 def run_int8(ctx: Context, job: dict) -> dict:
+    """ORT dynamic int8 of ``job["source"]``: exported twice, with the model's sdpa attention (``export_onnx``
+    as is: the exporter adds an IsNaN + Where guard over every [batch, heads, seq, seq] softmax) and with eager
+    attention (same math, no guard), each pre-processed (constant folding) and quantized; the eager export is
+    the row, the sdpa one is timed as a diagnostic. The weight type is QUInt8 if its mean cosine to the fp32
+    model on 256 training sentences is higher by more than 1e-3, else QInt8."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from kp_lightning.core.export import load_compressed
     from kp_lightning.core.onnx_export import export_onnx
@@ -462,52 +496,73 @@ def run_int8(ctx: Context, job: dict) -> dict:
     if job["source"] not in runs:
         raise SystemExit(f"{job['name']} needs the run {job['source']} first")
     source_run = runs[job["source"]]
-    if job["source"] == "dense":
-        model = ctx.dense
-    else:
+
+    def load():
+        if job["source"] == "dense":
+            return load_embedding_model(model_dir()).eval()
         if not (CACHE / job["source"] / "model.safetensors").exists():
-            raise SystemExit(f"{CACHE / job['source']} is missing: rerun --only {job['source']} (it exports it)")
-        model = load_compressed(CACHE / job["source"]).eval()
+            raise SystemExit(
+                f"{CACHE / job['source']} is missing: rerun --only {job['source']} --force (it exports it)"
+            )
+        return load_compressed(CACHE / job["source"]).eval()
+
+    model = load()
     pooling = model_pooling(model)
     folder = CACHE / "onnx"
     folder.mkdir(parents=True, exist_ok=True)
-    fp32 = folder / f"{job['source']}.onnx"
-    tick = time.perf_counter()
-    export_onnx(model, fp32)
-    export_seconds = time.perf_counter() - tick
-    # fidelity to the fp32 torch model on 256 training sentences (never the evaluation data)
-    samples, _ = ctx.samples("kprune")
+    samples, _ = ctx.samples("kprune")  # fidelity on training sentences, never the evaluation data
     check_batches = [b for _, b in samples.batches()][:8]
     with torch.no_grad():
         reference = [torch_embedder(model)(b) for b in check_batches]
-    candidates = {}
-    for weight_type in ("QInt8", "QUInt8"):
-        path = folder / f"{job['source']}-{weight_type.lower()}.onnx"
+    exports, candidates = {}, {}
+    for attention in ("eager", "sdpa"):
+        exported = load()
+        if attention == "eager":
+            exported.set_attn_implementation("eager")
+        fp32 = folder / f"{job['source']}-{attention}.onnx"
         tick = time.perf_counter()
-        quantize_dynamic(str(fp32), str(path), weight_type=getattr(QuantType, weight_type))
-        seconds = time.perf_counter() - tick
-        session = ort_session(path)
-        embed = ort_embedder(session, pooling)
-        cos = torch.cat([torch.cosine_similarity(embed(b), r, dim=-1) for b, r in zip(check_batches, reference)])
-        candidates[weight_type] = {
-            "path": str(path),
-            "quantize_seconds": seconds,
-            "size_bytes": path.stat().st_size,
-            "fidelity_mean_cosine": float(cos.mean()),
-            "fidelity_min_cosine": float(cos.min()),
-            "quick_ms_b32_s128": ort_timer(session, 32, 128, model.config.vocab_size),
+        export_onnx(exported, fp32)
+        export_seconds = time.perf_counter() - tick
+        # ORT's recommended pre-processing (constant folding, no symbolic shapes): a compact model's fused Q/K/V
+        # weight is exported as a runtime Concat of three initializers, which quantize_dynamic would leave fp32
+        prepared = folder / f"{job['source']}-{attention}-pre.onnx"
+        tick = time.perf_counter()
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        exports[attention] = {
+            "path": str(fp32),
+            "export_seconds": export_seconds,
+            "preprocess_seconds": time.perf_counter() - tick,
+            "isnan_nodes": onnx_op_count(fp32, "IsNaN"),
+            "matmuls_with_runtime_weight": runtime_weight_matmuls(fp32),
+            "matmuls_with_runtime_weight_after_preprocess": runtime_weight_matmuls(prepared),
         }
-        print(f"  {job['name']} {weight_type}: {candidates[weight_type]}", flush=True)
-    best = max(candidates, key=lambda k: candidates[k]["fidelity_mean_cosine"])
-    other = "QUInt8" if best == "QInt8" else "QInt8"
-    if candidates[best]["fidelity_mean_cosine"] - candidates[other]["fidelity_mean_cosine"] < 1e-3:
-        best = min(candidates, key=lambda k: candidates[k]["quick_ms_b32_s128"])
-    chosen = candidates[best]
+        fp32 = prepared
+        for weight_type in ("QInt8", "QUInt8"):
+            path = folder / f"{job['source']}-{attention}-{weight_type.lower()}.onnx"
+            tick = time.perf_counter()
+            quantize_dynamic(str(fp32), str(path), weight_type=getattr(QuantType, weight_type))
+            seconds = time.perf_counter() - tick
+            embed = ort_embedder(ort_session(path), pooling)
+            cos = torch.cat([torch.cosine_similarity(embed(b), r, dim=-1) for b, r in zip(check_batches, reference)])
+            candidates[f"{attention}-{weight_type}"] = {
+                "path": str(path),
+                "quantize_seconds": seconds,
+                "size_bytes": path.stat().st_size,
+                "matmul_integer_nodes": onnx_op_count(path, "MatMulInteger"),
+                "fidelity_mean_cosine": float(cos.mean()),
+                "fidelity_min_cosine": float(cos.min()),
+            }
+            print(f"  {job['name']} {attention} {weight_type}: {candidates[f'{attention}-{weight_type}']}", flush=True)
+    signed, unsigned = candidates["eager-QInt8"], candidates["eager-QUInt8"]
+    best = "QUInt8" if unsigned["fidelity_mean_cosine"] - signed["fidelity_mean_cosine"] > 1e-3 else "QInt8"
+    chosen = candidates[f"eager-{best}"]
     session = ort_session(Path(chosen["path"]))
     metrics = evaluate_batches(ort_embedder(session, pooling), ctx.dm)
     sizes = size_record(model, ctx.dense)
+    pruned = job["source"] != "dense"
+    export_seconds = exports["eager"]["export_seconds"] + exports["eager"]["preprocess_seconds"]
     return {
-        "method": f"{source_run['method']}+int8" if source_run["method"] != "dense" else "dense+int8",
+        "method": f"{source_run['method']}+int8" if pruned else "dense+int8",
         "flops_reduction": source_run["flops_reduction"],
         "embedding_loss": source_run.get("embedding_loss"),
         "source": job["source"],
@@ -516,16 +571,15 @@ def run_int8(ctx: Context, job: dict) -> dict:
         "size_bytes": chosen["size_bytes"],
         "weight_type": best,
         "onnx_path": chosen["path"],
-        "weight_type_candidates": candidates,
+        "onnx_path_sdpa_export": candidates[f"sdpa-{best}"]["path"],
+        "exports": exports,
+        "candidates": candidates,
         "export_seconds": export_seconds,
         "compress_seconds": (source_run.get("compress_seconds") or 0.0) + export_seconds + chosen["quantize_seconds"],
-        "sample": (source_run["sample"] + " (pruning); " if job["source"] != "dense" else "") + "int8: none (dynamic)",
-        "note": f"ONNX Runtime dynamic int8, {best} weights (chosen by fidelity to fp32 on 256 training sentences)"
-        + (
-            f"; compress s = pruning {source_run['compress_seconds']:.0f} + export + quantize"
-            if job["source"] != "dense"
-            else ""
-        ),
+        "sample": (source_run["sample"] + " (pruning); " if pruned else "") + "int8: none (dynamic)",
+        "note": f"ONNX Runtime dynamic int8, {best} weights (by fidelity to fp32 on 256 training sentences), "
+        "eager-attention export"
+        + (f"; compress s = pruning {source_run['compress_seconds']:.0f} + export + quantize" if pruned else ""),
     }
 
 
@@ -617,6 +671,33 @@ def run_all(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- latency
+def _busy_seconds() -> float:
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+class OthersCpu:
+    """Cores used by other processes over a block (whole-machine busy time minus this process's CPU time)."""
+
+    def __enter__(self):
+        self.busy, self.own, self.wall = _busy_seconds(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.perf_counter() - self.wall
+        self.cores = max(0.0, (_busy_seconds() - self.busy) - (time.process_time() - self.own)) / max(wall, 1e-6)
+
+
+def wait_quiet(threshold: float, max_wait: float) -> dict:
+    """Wait (up to ``max_wait`` s) until other processes use under ``threshold`` cores over 5 s."""
+    start = time.perf_counter()
+    while True:
+        with OthersCpu() as others:
+            time.sleep(5)
+        if others.cores < threshold or time.perf_counter() - start > max_wait:
+            return {"waited_s": time.perf_counter() - start, "others_cores_before": others.cores}
+
+
 def torch_ms(model, batch: int, seq: int) -> float:
     result = measure_latency(model, batch_sizes=[batch], seq_lens=[seq], min_run_time=2.0)
     return result["results"][0]["median_ms"]
@@ -670,17 +751,24 @@ def relatency(args) -> None:
             timed = lambda b, s, m=static: _m2v_ms(m, texts[(b, s)])  # noqa: E731
         else:
             continue
+        quiet = wait_quiet(args.quiet_cores, args.quiet_wait)
         latency = {}
-        for batch, seq in LATENCY_SHAPES:
-            d, p = [], []
-            for _ in range(2):  # A B A B: drift on a shared machine hits both alike
-                d.append(torch_ms(dense, batch, seq))
-                p.append(timed(batch, seq))
-            key = f"b{batch}_s{seq}"
-            latency[key] = {"dense_ms": min(d), "ms": min(p), "dense_all_ms": d, "all_ms": p}
-            dense_ms[key].append(min(d))
+        with OthersCpu() as others:
+            for batch, seq in LATENCY_SHAPES:
+                d, p = [], []
+                for _ in range(2):  # A B A B: drift on a shared machine hits both alike
+                    d.append(torch_ms(dense, batch, seq))
+                    p.append(timed(batch, seq))
+                key = f"b{batch}_s{seq}"
+                latency[key] = {"dense_ms": min(d), "ms": min(p), "dense_all_ms": d, "all_ms": p}
+                dense_ms[key].append(min(d))
+            if run["kind"] == "int8" and run.get("onnx_path_sdpa_export"):  # diagnostic: the as-is export
+                sdpa = ort_session(Path(run["onnx_path_sdpa_export"]))
+                run["latency_sdpa_export_ms"] = {
+                    f"b{b}_s{s}": ort_timer(sdpa, b, s, dense.config.vocab_size) for b, s in LATENCY_SHAPES
+                }
         run["latency"] = latency
-        run["latency_loadavg_1min"] = os.getloadavg()[0]
+        run["latency_conditions"] = {**quiet, "others_cores_during": others.cores, "loadavg_1min": os.getloadavg()[0]}
         save_run(run)
         print(
             f"latency {name}: "
@@ -719,6 +807,9 @@ def table_rows(runs: dict[str, dict]) -> list[dict]:
             if key in latency:
                 row[column] = latency[key]["ms"]
                 row["speedup_" + key.split("_")[0]] = latency[key]["dense_ms"] / latency[key]["ms"]
+        busy = (run.get("latency_conditions") or {}).get("others_cores_during")
+        if busy is not None and busy > 0.3:
+            row["note"] = (row["note"] + "; " if row.get("note") else "") + f"timed while others used {busy:.1f} cores"
         for extra in ("stsb_pearson", "retrieval_recall10", "flops_reduction_at_128", "weight_type", "not_run"):
             if run.get(extra) is not None:
                 row[extra] = run[extra]
@@ -961,6 +1052,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="run / re-time only these names (see --list)")
     parser.add_argument("--force", action="store_true", help="redo stored runs named by --only")
     parser.add_argument("--list", action="store_true", help="print the run names in order and exit")
+    parser.add_argument("--quiet-cores", type=float, default=0.3, help="latency: wait until others use fewer cores")
+    parser.add_argument("--quiet-wait", type=float, default=300, help="latency: at most this many s per row")
     parser.add_argument("--m2v-python", type=Path, default=M2V_PYTHON, help="python with model2vec[distill]")
     args = parser.parse_args()
     if args.list:
