@@ -11,9 +11,9 @@ import lightning.pytorch as pl
 import torch
 import transformers
 from lightning.fabric.utilities.load import _METADATA_FILENAME
-from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from callbacks.strategy_support import refuse_fsdp1
 from kp_lightning.core.adapter import EncoderAdapter
 from kp_lightning.core.compaction import compact
 from kp_lightning.core.sharding import gathered_model, is_sharded
@@ -129,11 +129,7 @@ class KPrune(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.structure is not None:
             return
-        if isinstance(trainer.strategy, FSDPStrategy):
-            raise PruneError(
-                "KPrune does not run under FSDPStrategy (FSDP1)",
-                fix="use FSDP2 instead: -c configs/trainer/fsdp2.yaml (ModelParallelStrategy), or DDP",
-            )
+        refuse_fsdp1(trainer, "KPrune", PruneError)
         if is_sharded(pl_module.model):  # FSDP2, a second run of the same module (prune.py): gather, prune, re-shard
             _replace_model(pl_module, gathered_model(pl_module.model, all_ranks=True))
         restored = self._structure_from_checkpoint(trainer.ckpt_path)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.composition import check_composition, check_model_unchanged
 from callbacks.export_info import check_hub_target, first_val_loader, push_export, run_fields, score, teacher_score
+from callbacks.strategy_support import refuse_fsdp1
 from kp_lightning.core.export import REPORT_FILE, check_output_dir, staging_dir
 from kp_lightning.core.report import compression_report, model_summary, parameter_fields
 from kp_lightning.core.sharding import gathered_model, is_sharded
@@ -116,11 +116,7 @@ class QuantizationAwareTraining(pl.Callback):
             return
         if not isinstance(pl_module, TaskModule):
             raise ConfigError(f"QuantizationAwareTraining works with kp_lightning's TaskModule, got {type(pl_module)}")
-        if isinstance(trainer.strategy, FSDPStrategy):  # FSDP1 flattens the weights the hooks quantize
-            raise ConfigError(
-                "QuantizationAwareTraining does not run under FSDPStrategy (FSDP1)",
-                fix="use FSDP2 instead: -c configs/trainer/fsdp2.yaml (ModelParallelStrategy), or DDP",
-            )
+        refuse_fsdp1(trainer, "QuantizationAwareTraining")
         check_composition(self, trainer, "fake-quantized")
         check_storable(pl_module.model)  # the sparse int8 copy is written at the end: refuse an unstorable model now
         names = self.names = default_quantized_linears(pl_module.model, self.exclude)

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.composition import check_composition, check_model_unchanged
@@ -19,6 +18,7 @@ from callbacks.export_info import (
     teacher_score,
     without_fake_quant,
 )
+from callbacks.strategy_support import refuse_fsdp1
 from kp_lightning.core.export import check_output_dir
 from kp_lightning.core.report import model_summary
 from kp_lightning.core.sharding import gathered_model, is_sharded
@@ -104,11 +104,7 @@ class SparseWeightsCallback(pl.Callback):
         name = type(self).__name__
         if not isinstance(pl_module, TaskModule):
             raise ConfigError(f"{name} works with kp_lightning's TaskModule/DistillationModule, got {type(pl_module)}")
-        if isinstance(trainer.strategy, FSDPStrategy):  # FSDP1 flattens the weights the masks refer to
-            raise ConfigError(
-                f"{name} does not run under FSDPStrategy (FSDP1)",
-                fix="use FSDP2 instead: -c configs/trainer/fsdp2.yaml (ModelParallelStrategy), or DDP",
-            )
+        refuse_fsdp1(trainer, name)
         check_composition(self, trainer, "masked")
         model = pl_module.model
         if self.storage_values is not None:

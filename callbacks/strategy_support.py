@@ -20,3 +20,13 @@ def refuse_sharded_training(trainer: pl.Trainer, name: str, reason: str) -> None
             "distillation, KPrune, GradualMagnitudePruning, PatternLock and QuantizationAwareTraining do run "
             "under FSDP2 (-c configs/trainer/fsdp2.yaml)",
         )
+
+
+def refuse_fsdp1(trainer: pl.Trainer, name: str, error: type[Exception] = ConfigError) -> None:
+    """Raise ``error`` under Lightning's FSDP1 ``FSDPStrategy`` (it flattens the weights that masks, hooks and
+    pruning refer to); ``name`` runs under FSDP2 and DDP."""
+    if isinstance(trainer.strategy, FSDPStrategy):
+        raise error(
+            f"{name} does not run under FSDPStrategy (FSDP1)",
+            fix="use FSDP2 instead: -c configs/trainer/fsdp2.yaml (ModelParallelStrategy), or DDP",
+        )
