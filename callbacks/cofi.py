@@ -14,12 +14,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks.cofi_export import export_result, score_teacher
 from callbacks.export_info import check_hub_target, push_export
-from callbacks.strategy_support import refuse_sharded_training
+from callbacks.strategy_support import refuse_fsdp1
 from kp_lightning.cofi import GRANULARITIES, CoFiGates, CoFiPruner, SparsitySchedule
 from kp_lightning.cofi.cofi_run import best_state, check_student, kept_structure_metrics
 from kp_lightning.core.adapter import EncoderAdapter, UnsupportedModelError
 from kp_lightning.core.compaction import compact
 from kp_lightning.core.export import check_output_dir
+from kp_lightning.core.sharding import gathered_model
 from kp_lightning.core.structure import EncoderStructure
 from kp_lightning.core.structured_export import LatencyCheck
 from kp_lightning.errors import ConfigError
@@ -165,7 +166,7 @@ class CoFi(pl.Callback):
                 "CoFi distils from a teacher: use --model DistillationModule with teacher_name_or_path "
                 f"(got {type(pl_module).__name__}); configs/cofi/ has complete recipes."
             )
-        refuse_sharded_training(trainer, "CoFi", "its gates and hooks act on unsharded layers")
+        refuse_fsdp1(trainer, "CoFi")
         try:
             adapter = EncoderAdapter(pl_module.model)
         except UnsupportedModelError as err:
@@ -241,10 +242,17 @@ class CoFi(pl.Callback):
         if expected < self.target_sparsity - self.sparsity_epsilon or metric not in trainer.callback_metrics:
             return
         value = float(trainer.callback_metrics[metric])
-        if self.best is None or value > self.best["metric"]:
-            small = self.pruner.materialize(pl_module.model)
+        better = self.best is None or value > self.best["metric"]
+        if trainer.strategy.broadcast(better):  # rank 0 decides: gathering the model (FSDP2) is collective
+            small = self._materialize(pl_module)
             self.best = best_state(small, structure, value, metric, trainer.global_step, expected)
             rank_zero_info(f"CoFi: best {metric} {value:.4f} at {self.best['sparsity_actual']:.1%} sparsity")
+
+    def _materialize(self, pl_module: pl.LightningModule):
+        """The compact model of the current deterministic masks; under FSDP2 built from the gathered weights on
+        rank 0 (``None`` on the other ranks). Collective when the model is sharded."""
+        full = gathered_model(pl_module.model)
+        return None if full is None else self.pruner.materialize(full)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._fit_tick is not None:
@@ -260,10 +268,11 @@ class CoFi(pl.Callback):
             )
         dense_metrics = score_teacher(trainer, pl_module)  # collective under DDP
         out = self._output_dir(trainer)  # on every rank: trainer.log_dir is collective
+        dense = gathered_model(pl_module.model)  # FSDP2: the full student on rank 0 (collective); else itself
         if trainer.is_global_zero:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                self.report = export_result(self, trainer, pl_module, out, dense_metrics)
+                self.report = export_result(self, trainer, pl_module, dense, out, dense_metrics)
             rank_zero_info(f"CoFi: wrote the compact model to {out}")
         trainer.strategy.barrier("CoFi export")
         if self.push_to_hub and trainer.is_global_zero:
@@ -274,7 +283,8 @@ class CoFi(pl.Callback):
         best = None
         if self.best is not None:
             best = {k: v for k, v in self.best.items() if k != "model"}
-            best["state"] = {k: v.cpu() for k, v in self.best["model"].state_dict().items()}
+            if self.best["model"] is not None:  # None on the ranks > 0 of an FSDP2 run (rank 0 saves)
+                best["state"] = {k: v.cpu() for k, v in self.best["model"].state_dict().items()}
         return {"best": best, "train_seconds": self.train_seconds, "step_seconds": list(self.step_seconds)}
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -286,8 +296,12 @@ class CoFi(pl.Callback):
         restored = self._restored_best
         if restored is not None and self.best is None:
             structure = EncoderStructure.from_dict(restored["structure"])
-            small = compact(pl_module.model, structure).cpu()
-            small.load_state_dict(restored.pop("state"))
+            full = gathered_model(pl_module.model)  # FSDP2: rank 0 only (collective)
+            state = restored.pop("state")
+            small = None
+            if full is not None:
+                small = compact(full, structure).cpu()
+                small.load_state_dict(state)
             self.best = {**restored, "model": small}
         self._restored_best = None
 

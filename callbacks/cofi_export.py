@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+from torch import nn
 
 from kp_lightning.cofi.model_size import structure_sparsity
 from kp_lightning.core.compaction import original_structure
@@ -24,10 +25,18 @@ def score_teacher(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[st
 
 
 def export_result(
-    cofi, trainer: pl.Trainer, pl_module: pl.LightningModule, out_dir: Path, dense_metrics: dict[str, float]
+    cofi,
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    dense: nn.Module,
+    out_dir: Path,
+    dense_metrics: dict[str, float],
 ) -> dict:
-    """Export the best kept model (or the final one) with ``compression_report.json``; returns the report."""
-    dense = pl_module.model.eval()
+    """Export the best kept model (or the final one) with ``compression_report.json``; returns the report.
+
+    ``dense`` is the (unsharded) student with its gates' masks detached: the latency baseline, and the model to
+    materialize when no validation reached the target."""
+    dense = dense.eval()
     metric = pl_module.task.main_metric
     if cofi.best is not None:
         small, value, selected = cofi.best["model"], cofi.best["metric"], f"best at step {cofi.best['step']}"

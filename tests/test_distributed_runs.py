@@ -1,6 +1,6 @@
 """FSDP2 (ModelParallelStrategy, 2 gloo processes) and a simulated 2-node DDP run give what one process gives:
-fine-tuning, K-prune then distillation, prune.py, gradual magnitude pruning, quantization-aware training; CoFi,
-not yet sharded, refuses FSDP with a way forward."""
+fine-tuning, K-prune then distillation, prune.py, CoFi, gradual magnitude pruning, quantization-aware training;
+Lightning's FSDP1 strategy is refused with a way forward."""
 
 from __future__ import annotations
 
@@ -18,15 +18,16 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParalle
 from safetensors.torch import load_file
 
 from callbacks import CoFi, GradualMagnitudePruning, PatternLock, QuantizationAwareTraining
-from callbacks.strategy_support import refuse_sharded_training
+from callbacks.strategy_support import refuse_fsdp1
 from kp_lightning.errors import ConfigError
-from kp_lightning.modules import DistillationModule, TaskModule
+from kp_lightning.modules import DistillationModule
 from tests.helpers import MISSING_ONNX, needs_onnx, tiny_batch
 from tests.test_cli import REPO
 from tests.test_prune_cli import run_script
 from tests.text_fixtures import save_tiny_model, write_sst2
 
 FSDP2_CPU = str(REPO / "configs/trainer/fsdp2_cpu.yaml")
+DDP_CPU = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 KPRUNE = ["--trainer.callbacks+=KPrune", "--trainer.callbacks.flops_reduction", "0.5",
           "--trainer.callbacks.num_tokens", "200", "--trainer.callbacks.batch_size", "8",
@@ -81,19 +82,20 @@ def assert_same_tensors(got: dict, expected: dict, atol: float = 1e-5) -> None:
         torch.testing.assert_close(got[key], value, atol=atol, rtol=0, msg=key)
 
 
-def assert_same_fit(run: Path, reference: Path, sharded: bool) -> None:
+def assert_same_fit(run: Path, reference: Path, sharded: bool, epochs: int = 2, world_size: int = 2) -> None:
     """Same validation metrics after every epoch (1e-5), final weights, best export and last checkpoint."""
     metrics = [json.loads((d / "rec" / "metrics.json").read_text()) for d in (run, reference)]
-    assert len(metrics[0]) == len(metrics[1]) == 2
+    assert len(metrics[0]) == len(metrics[1]) == epochs
     for got, expected in zip(*metrics, strict=True):
         assert got.keys() == expected.keys() == {"val/accuracy", "val/loss"}
         assert all(got[k] == pytest.approx(expected[k], abs=1e-5) for k in expected)
-    assert json.loads((run / "rec" / "info.json").read_text()) == {"sharded": sharded, "world_size": 2}
+    assert json.loads((run / "rec" / "info.json").read_text()) == {"sharded": sharded, "world_size": world_size}
     assert_same_tensors(torch.load(run / "rec" / "weights.pt"), torch.load(reference / "rec" / "weights.pt"))
     exports = [load_file(next(d.rglob("best_model")) / "model.safetensors") for d in (run, reference)]
     assert_same_tensors(*exports)
     checkpoints = [torch.load(next(d.rglob("last.ckpt")), weights_only=True) for d in (run, reference)]
-    assert checkpoints[0]["global_step"] == checkpoints[1]["global_step"] == 6  # 48 examples, global batch 16
+    steps = 3 * epochs  # 48 examples, global batch 16
+    assert checkpoints[0]["global_step"] == checkpoints[1]["global_step"] == steps
     assert_same_tensors(checkpoints[0]["state_dict"], checkpoints[1]["state_dict"])
 
 
@@ -144,6 +146,50 @@ def test_fsdp2_prune_cli_equals_one_process(setup, single_prune, tmp_path):
     assert_same_prune(tmp_path, single_prune)
 
 
+def cofi_args(root: Path, layer_distill_weight: float) -> list[str]:
+    """CoFi at 50 % over 18 steps (2 distillation only, 6 of ramp), the best model kept from step 12 on."""
+    return ["--model", "DistillationModule", "--model.init_args.model_name_or_path", str(root / "model"),
+            "--model.init_args.teacher_name_or_path", str(root / "teacher"), "--model.init_args.alpha_ce", "0",
+            "--model.init_args.alpha_kd", "0.1", "--trainer.max_epochs", "6",
+            "--trainer.callbacks+=CoFi", "--trainer.callbacks.target_sparsity", "0.5",
+            "--trainer.callbacks.prepruning_steps", "2", "--trainer.callbacks.warmup_steps", "6",
+            "--trainer.callbacks.reg_learning_rate", "0.5", "--trainer.callbacks.sparsity_epsilon", "0.1",
+            "--trainer.callbacks.layer_distill_weight", str(layer_distill_weight),
+            "--trainer.callbacks.latency_seconds", "0"]  # fmt: skip
+
+
+def assert_same_cofi(run: Path, reference: Path, sharded: bool) -> None:
+    """Same metrics, weights, gates and λ's (in last.ckpt), kept structure and compact export."""
+    assert_same_fit(run, reference, sharded, epochs=6)
+    reports = [json.loads((d / "cofi" / "compression_report.json").read_text()) for d in (run, reference)]
+    assert reports[0]["structure"] == reports[1]["structure"]  # identical masks
+    assert reports[0]["selected"] == reports[1]["selected"] and reports[0]["selected"].startswith("best at step")
+    assert reports[0]["sparsity_expected"] == pytest.approx(reports[1]["sparsity_expected"], abs=1e-5)
+    assert reports[0]["metric_compressed"] == pytest.approx(reports[1]["metric_compressed"], abs=1e-5)
+    assert_same_tensors(*(load_file(d / "cofi" / "model.safetensors") for d in (run, reference)))
+    state = torch.load(next(run.rglob("last.ckpt")), weights_only=True)["state_dict"]
+    assert len([k for k in state if ".gates." in k]) == 9  # 3 layers x (heads, neurons); sublayers; hidden
+    assert any("lambda" in k for k in state)
+
+
+@pytest.mark.slow
+def test_fsdp2_cofi_equals_one_process_and_ddp(setup, tmp_path):
+    """Gates and λ's are replicated (their gradients averaged over the ranks), the gate sample of a step is the
+    same everywhere, the best compact model is built from the gathered weights on rank 0. Without layer
+    distillation FSDP2 equals one process; with it (a mean over each process's tokens and a per-batch layer
+    mapping, as under DDP) FSDP2 equals DDP, which also checks the averaged gradients of its transform."""
+    runs = {name: tmp_path / name for name in ("one", "fsdp2", "ddp", "fsdp2_layers")}
+    for name, batch_size, layers, extra in (("one", 16, 0, []), ("fsdp2", 8, 0, ["-c", FSDP2_CPU]),
+                                            ("ddp", 8, 0.9, DDP_CPU), ("fsdp2_layers", 8, 0.9, ["-c", FSDP2_CPU])):
+        out = runs[name]
+        cofi = [*cofi_args(setup, layers), "--trainer.callbacks.output_dir", str(out / "cofi")]
+        run_script("train.py", fit_args(setup, out, batch_size, *cofi, *extra), tmp_path)
+    assert_same_cofi(runs["fsdp2"], runs["one"], sharded=True)
+    assert_same_cofi(runs["fsdp2_layers"], runs["ddp"], sharded=True)
+    ddp_info = json.loads((runs["ddp"] / "rec" / "info.json").read_text())
+    assert ddp_info == {"sharded": False, "world_size": 2}
+
+
 GMP = ["--trainer.callbacks+=GradualMagnitudePruning", "--trainer.callbacks.final_sparsity", "0.5",
        "--trainer.callbacks.ramp_end_step", "4", "--trainer.callbacks.frequency", "2"]  # fmt: skip
 
@@ -179,7 +225,6 @@ def test_fsdp2_gradual_magnitude_pruning_equals_one_process(setup, tmp_path):
     assert compression[0]["metrics_compressed"] == pytest.approx(compression[1]["metrics_compressed"], abs=1e-5)
 
 
-DDP_CPU = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
 QAT = ["--trainer.callbacks+=QuantizationAwareTraining", "--trainer.callbacks.averaging_constant", "0.1"]
 
 
@@ -258,28 +303,17 @@ def test_two_simulated_nodes_fit_and_prune_like_one_process(setup, single_fit, s
     assert_same_prune(prune, single_prune)
 
 
-@pytest.mark.parametrize("strategy", [ModelParallelStrategy(), DDPStrategy()])
-def test_methods_without_sharding_support_refuse_fsdp2_with_a_way_forward(strategy):
-    """CoFi is not sharded yet: under FSDP2 it stops in setup, before any work."""
-    trainer = SimpleNamespace(strategy=strategy)
-    if isinstance(strategy, DDPStrategy):
-        refuse_sharded_training(trainer, "CoFi", "gates")  # DDP is supported
-        return
-    with pytest.raises(ConfigError, match=r"does not run under FSDP2 \(ModelParallelStrategy\) yet") as err:
-        refuse_sharded_training(trainer, "CoFi", "gates")
-    assert "configs/trainer/fsdp2.yaml" in err.value.fix
-    with pytest.raises(ConfigError, match="CoFi does not run under FSDP2"):
-        CoFi(target_sparsity=0.6)._check_inputs(trainer, DistillationModule.__new__(DistillationModule))
-
-
-def test_sparse_weight_and_quantization_callbacks_refuse_fsdp1_only():
-    """GMP, PatternLock and QAT run under FSDP2 (tested above); FSDP1 flattens the weights their masks refer to
-    and their fake quantization rounds."""
-    trainer = SimpleNamespace(strategy=FSDPStrategy())
-    module = TaskModule.__new__(TaskModule)
-    callbacks = [GradualMagnitudePruning(final_sparsity=0.5, ramp_end_step=10), PatternLock()]
+def test_every_method_refuses_fsdp1_only_with_a_way_forward():
+    """CoFi, GMP, PatternLock and QAT run under FSDP2 and DDP (tested above); FSDP1 flattens the weights their
+    masks refer to, their hooks act on and their fake quantization rounds."""
+    module = DistillationModule.__new__(DistillationModule)
+    callbacks = [CoFi(target_sparsity=0.6), GradualMagnitudePruning(final_sparsity=0.5, ramp_end_step=10),
+                 PatternLock()]  # fmt: skip
     if not MISSING_ONNX:
         callbacks.append(QuantizationAwareTraining())
+    for strategy in (ModelParallelStrategy(), DDPStrategy()):
+        refuse_fsdp1(SimpleNamespace(strategy=strategy), "CoFi")  # supported: no error
+    trainer = SimpleNamespace(strategy=FSDPStrategy())
     for callback in callbacks:
         with pytest.raises(ConfigError, match=r"does not run under FSDPStrategy \(FSDP1\)") as err:
             callback.setup(trainer, module, "fit")

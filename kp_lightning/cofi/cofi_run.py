@@ -55,11 +55,12 @@ def kept_structure_metrics(structure: EncoderStructure, prefix: str = "cofi/kept
 
 
 def best_state(
-    small: nn.Module, structure: EncoderStructure, metric: float, metric_name: str, step: int, expected: float
+    small: nn.Module | None, structure: EncoderStructure, metric: float, metric_name: str, step: int, expected: float
 ) -> dict:
-    """What CoFi keeps of its best validated model: the compact model (on the CPU) and how it scored."""
+    """What CoFi keeps of its best validated model: the compact model (on the CPU; ``None`` on the ranks that do
+    not hold it, under FSDP2) and how it scored."""
     return {
-        "model": small.cpu().eval(),
+        "model": small.cpu().eval() if small is not None else None,
         "structure": structure.to_dict(),
         "metric": metric,
         "metric_name": metric_name,

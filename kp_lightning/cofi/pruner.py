@@ -128,4 +128,5 @@ class CoFiPruner(nn.Module):
 
     def materialize(self, model: nn.Module) -> nn.Module:
         """The physically smaller model: deterministic gate values folded into the weights, zeros sliced away."""
-        return compact(model, self.deterministic_masks())
+        device = next(model.parameters()).device  # an FSDP2 run gathers the student on the CPU
+        return compact(model, self.deterministic_masks().to(device))

@@ -57,6 +57,16 @@ class StructuralMasks:
         masks.hidden = _keep_only(masks.hidden, structure.hidden)
         return masks
 
+    def to(self, device) -> StructuralMasks:
+        """The same masks on ``device``."""
+        return StructuralMasks(
+            head=[t.to(device) for t in self.head],
+            neuron=[t.to(device) for t in self.neuron],
+            hidden=self.hidden.to(device),
+            attention=self.attention.to(device),
+            ffn=self.ffn.to(device),
+        )
+
     def validate(self, shape: EncoderShape) -> None:
         """Check every tensor matches ``shape``.
 

@@ -86,3 +86,69 @@ def gathered_model(model: nn.Module, all_ranks: bool = False) -> nn.Module | Non
     if not state:
         return None
     return unsharded_copy(model, state)
+
+
+def _is_dtensor(tensor: torch.Tensor | None) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def replicated_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters of ``module`` that every rank holds in full (not sharded ``DTensor``\\ s): under FSDP2
+    these are the ones outside the sharded model, e.g. CoFi's gates and λ's and the layer-distillation transform."""
+    return [p for p in module.parameters() if p.requires_grad and not _is_dtensor(p)]
+
+
+def average_replicated_gradients(params: list[nn.Parameter], group=None) -> None:
+    """Average the gradients of ``params`` (replicated on every rank) over the ranks of ``group``, as DDP would.
+
+    FSDP2 averages the gradients of the sharded weights only. A parameter without a gradient on every rank keeps
+    none (the optimizer then skips it, as one process would); one with a gradient on some ranks counts zeros for
+    the others. A collective call (two all-reduces): every rank passes the same parameters in the same order."""
+    import torch.distributed as dist
+
+    if not params or not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return
+    device = params[0].device
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(present, op=dist.ReduceOp.MAX, group=group)
+    chosen = [p for p, flag in zip(params, present.tolist(), strict=True) if flag]
+    if not chosen:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in chosen]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat, group=group)
+    flat /= dist.get_world_size(group)
+    offset = 0
+    for param, grad in zip(chosen, grads, strict=True):
+        param.grad = flat[offset : offset + grad.numel()].view_as(param).to(param.dtype).clone()
+        offset += grad.numel()
+
+
+def clip_mixed_grad_norm_(params: list[nn.Parameter], max_norm: float, group=None) -> torch.Tensor:
+    """Clip the total 2-norm of the gradients of ``params`` to ``max_norm``, for sharded (``DTensor``) and
+    replicated parameters together (``torch.nn.utils.clip_grad_norm_`` cannot mix them). Returns the total norm
+    before clipping; the same scale as one process clipping the full gradients. A collective call."""
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    local = [g.to_local() if _is_dtensor(g) else g for g in grads]
+    device = local[0].device
+    sharded = torch.zeros((), dtype=torch.float64, device=device)
+    replicated = torch.zeros((), dtype=torch.float64, device=device)
+    for grad, tensor in zip(grads, local, strict=True):
+        square = tensor.double().pow(2).sum()
+        if _is_dtensor(grad):
+            sharded += square
+        else:
+            replicated += square
+    if dist.is_initialized():
+        dist.all_reduce(sharded, group=group)
+    total = (sharded + replicated).sqrt()
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for tensor in local:
+        tensor.mul_(scale.to(tensor.dtype))
+    return total.float()

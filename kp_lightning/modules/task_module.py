@@ -8,7 +8,12 @@ import torchmetrics
 from torch import nn
 
 from kp_lightning.core.adapter import EncoderAdapter
-from kp_lightning.core.sharding import shard_encoder
+from kp_lightning.core.sharding import (
+    average_replicated_gradients,
+    clip_mixed_grad_norm_,
+    replicated_parameters,
+    shard_encoder,
+)
 from kp_lightning.data.task_kinds import task_kind
 from kp_lightning.data.task_metrics import TaskMetrics
 from kp_lightning.data.task_spec import TaskSpec
@@ -72,6 +77,7 @@ class TaskModule(pl.LightningModule):
         self.model = load_task_model(model_name_or_path, task, ignore_mismatched_head, pooling, normalize).train()
         self.input_keys = accepted_inputs(self.model)
         self.extensions = ExtensionRegistry()
+        self._data_parallel_group = None  # set when configure_model shards the model (FSDP2)
         for name, term in (loss_terms or {}).items():
             self.extensions.add_loss_term(name, term)
         self.val_metrics = nn.ModuleList(TaskMetrics(task) for _ in task.eval_splits)
@@ -98,12 +104,17 @@ class TaskModule(pl.LightningModule):
         self.extensions.add_param_group(ParamGroup(name, list(params), lr, weight_decay, scheduled, maximize, clip))
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip as configured, leaving out groups registered with ``clip=False`` (e.g. CoFi gates and λ's)."""
-        if gradient_clip_val is None or all(g.get("clip_gradients", True) for g in optimizer.param_groups):
+        """Clip as configured, leaving out groups registered with ``clip=False`` (e.g. CoFi gates and λ's).
+        Under FSDP2 the norm is taken over sharded and replicated gradients together."""
+        sharded = self._data_parallel_group is not None
+        plain = all(g.get("clip_gradients", True) for g in optimizer.param_groups)
+        if gradient_clip_val is None or (plain and not sharded):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         params = [p for g in optimizer.param_groups if g.get("clip_gradients", True) for p in g["params"]]
-        if gradient_clip_algorithm == "value":
+        if sharded and gradient_clip_algorithm != "value":
+            clip_mixed_grad_norm_(params, gradient_clip_val, self._data_parallel_group)
+        elif gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
         else:
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
@@ -133,6 +144,13 @@ class TaskModule(pl.LightningModule):
             )
         dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
         shard_encoder(self.model, dp_mesh)
+        self._data_parallel_group = dp_mesh.get_group()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Under FSDP2: average the gradients of the parameters outside the sharded model (CoFi gates and λ's,
+        the layer-distillation transform) over the ranks, as DDP does for every parameter."""
+        if self._data_parallel_group is not None:
+            average_replicated_gradients(replicated_parameters(self), self._data_parallel_group)
 
     def on_fit_start(self) -> None:
         self.model.train()  # from_pretrained and earlier evaluation leave the model in eval mode
