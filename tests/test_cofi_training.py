@@ -227,16 +227,26 @@ def test_two_gloo_processes_draw_identical_gate_samples(setup, tmp_path):
 
 
 @pytest.mark.slow
-def test_resuming_from_a_mid_run_checkpoint_ends_with_the_same_masks(setup, tmp_path):
+@pytest.mark.parametrize("processes", ["one", "fsdp2"])
+def test_resuming_from_a_mid_run_checkpoint_ends_with_the_same_masks(setup, tmp_path, processes):
+    """Resumed at the end of epoch 3 of 6 (pruning started, target not reached): the same gates, λ's and export
+    as the uninterrupted run, in one process and under FSDP2 (2 processes, full-weight checkpoint files)."""
     checkpoints = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.save_top_k", "-1",
                    "--trainer.callbacks.every_n_epochs", "1", "--trainer.callbacks.dirpath"]  # fmt: skip
+    if processes == "fsdp2":  # 4 steps an epoch: a shorter schedule
+        checkpoints = ["-c", str(REPO / "configs/trainer/fsdp2_cpu.yaml"), "--trainer.callbacks.prepruning_steps",
+                       "2", "--trainer.callbacks.warmup_steps", "8", *checkpoints]  # fmt: skip
+    steps = 8 if processes == "one" else 4
     full = tmp_path / "full"
     run_script("train.py", cofi_args(setup, full, *checkpoints, str(full / "ckpt")), tmp_path)
-    mid = full / "ckpt" / "epoch=2-step=24.ckpt"
+    mid = full / "ckpt" / f"epoch=2-step={3 * steps}.ckpt"
     resumed = tmp_path / "resumed"
     run_script("train.py", [*cofi_args(setup, resumed, *checkpoints, str(resumed / "ckpt")), "--ckpt_path", str(mid)],
                tmp_path)  # fmt: skip
-    states = [torch.load(d / "ckpt" / "epoch=5-step=48.ckpt", weights_only=True)["state_dict"] for d in (full, resumed)]
+    last = f"epoch=5-step={6 * steps}.ckpt"
+    saved = sorted(p.name for p in (resumed / "ckpt").glob("epoch=*.ckpt"))
+    assert saved == [f"epoch={e}-step={(e + 1) * steps}.ckpt" for e in range(3, 6)]  # it did resume
+    states = [torch.load(d / "ckpt" / last, weights_only=True)["state_dict"] for d in (full, resumed)]
     gates = [k for k in states[0] if ".gates." in k or "lambda" in k]
     assert len(gates) > 10
     for key in gates:

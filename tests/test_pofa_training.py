@@ -17,6 +17,7 @@ from kp_lightning.quantization import fake_quantize_weight, load_int8
 from kp_lightning.sparsity import encoder_linear_names
 from kp_lightning.sparsity.storage import load_sparse
 from tests.helpers import needs_onnx
+from tests.test_cli import REPO
 from tests.test_cofi_training import run_script
 from tests.text_fixtures import save_tiny_model, write_sst2
 
@@ -188,20 +189,30 @@ def gmp_sst2_args(setup, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_resuming_mid_schedule_gives_the_same_masks_and_weights(setup, tmp_path):
+@pytest.mark.parametrize("processes", ["one", "fsdp2"])
+def test_resuming_mid_schedule_gives_the_same_masks_and_weights(setup, tmp_path, processes):
+    """Resumed mid-ramp: the same masks, weights and export as the uninterrupted run, in one process and under
+    FSDP2 (2 processes, half the steps: the ramp scaled to match)."""
     checkpoints = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.save_top_k", "-1",
                    "--trainer.callbacks.every_n_epochs", "1", "--trainer.callbacks.dirpath"]  # fmt: skip
+    steps, end = (8, 40) if processes == "one" else (4, 20)  # steps an epoch; the masks are frozen after ``end``
+    if processes == "fsdp2":
+        checkpoints = ["-c", str(REPO / "configs/trainer/fsdp2_cpu.yaml"), "--trainer.callbacks.ramp_end_step", "15",
+                       "--trainer.callbacks.frequency", "5", "--trainer.callbacks.end_step", "20", *checkpoints]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     run_script("train.py", gmp_sst2_args(setup, full, *checkpoints, str(full / "ckpt")), tmp_path)
-    mid = full / "ckpt" / "epoch=1-step=16.ckpt"  # mid-ramp: 16 of 48 steps, target at 30, masks frozen after 40
+    mid = full / "ckpt" / f"epoch=1-step={2 * steps}.ckpt"  # mid-ramp
     run_script("train.py", [*gmp_sst2_args(setup, resumed, *checkpoints, str(resumed / "ckpt")), "--ckpt_path",
                             str(mid)], tmp_path)  # fmt: skip
     exports = [load_file(d / "sparse" / "model.safetensors") for d in (full, resumed)]
     for key, value in exports[0].items():
         torch.testing.assert_close(exports[1][key], value, atol=1e-6, rtol=0, msg=key)
-    states = [torch.load(d / "ckpt" / "epoch=5-step=48.ckpt", weights_only=False) for d in (full, resumed)]
+    last = f"epoch=5-step={6 * steps}.ckpt"
+    saved = sorted(p.name for p in (resumed / "ckpt").glob("epoch=*.ckpt"))
+    assert saved == [f"epoch={e}-step={(e + 1) * steps}.ckpt" for e in range(2, 6)]  # it did resume
+    states = [torch.load(d / "ckpt" / last, weights_only=False) for d in (full, resumed)]
     gmp = [next(v for k, v in s["callbacks"].items() if "GradualMagnitudePruning" in k) for s in states]
-    assert gmp[0]["last_update"] == gmp[1]["last_update"] == 40
+    assert gmp[0]["last_update"] == gmp[1]["last_update"] == end
     for name, mask in gmp[0]["masks"].items():
         assert torch.equal(gmp[1]["masks"][name], mask)
 
