@@ -179,8 +179,12 @@ def test_fsdp2_cofi_equals_one_process_and_ddp(setup, tmp_path):
     distillation FSDP2 equals one process; with it (a mean over each process's tokens and a per-batch layer
     mapping, as under DDP) FSDP2 equals DDP, which also checks the averaged gradients of its transform."""
     runs = {name: tmp_path / name for name in ("one", "fsdp2", "ddp", "fsdp2_layers")}
-    for name, batch_size, layers, extra in (("one", 16, 0, []), ("fsdp2", 8, 0, ["-c", FSDP2_CPU]),
-                                            ("ddp", 8, 0.9, DDP_CPU), ("fsdp2_layers", 8, 0.9, ["-c", FSDP2_CPU])):
+    for name, batch_size, layers, extra in (
+        ("one", 16, 0, []),
+        ("fsdp2", 8, 0, ["-c", FSDP2_CPU]),
+        ("ddp", 8, 0.9, DDP_CPU),
+        ("fsdp2_layers", 8, 0.9, ["-c", FSDP2_CPU]),
+    ):
         out = runs[name]
         cofi = [*cofi_args(setup, layers), "--trainer.callbacks.output_dir", str(out / "cofi")]
         run_script("train.py", fit_args(setup, out, batch_size, *cofi, *extra), tmp_path)

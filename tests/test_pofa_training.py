@@ -197,8 +197,17 @@ def test_resuming_mid_schedule_gives_the_same_masks_and_weights(setup, tmp_path,
                    "--trainer.callbacks.every_n_epochs", "1", "--trainer.callbacks.dirpath"]  # fmt: skip
     steps, end = (8, 40) if processes == "one" else (4, 20)  # steps an epoch; the masks are frozen after ``end``
     if processes == "fsdp2":
-        checkpoints = ["-c", str(REPO / "configs/trainer/fsdp2_cpu.yaml"), "--trainer.callbacks.ramp_end_step", "15",
-                       "--trainer.callbacks.frequency", "5", "--trainer.callbacks.end_step", "20", *checkpoints]
+        checkpoints = [
+            "-c",
+            str(REPO / "configs/trainer/fsdp2_cpu.yaml"),
+            "--trainer.callbacks.ramp_end_step",
+            "15",
+            "--trainer.callbacks.frequency",
+            "5",
+            "--trainer.callbacks.end_step",
+            "20",
+            *checkpoints,
+        ]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     run_script("train.py", gmp_sst2_args(setup, full, *checkpoints, str(full / "ckpt")), tmp_path)
     mid = full / "ckpt" / f"epoch=1-step={2 * steps}.ckpt"  # mid-ramp

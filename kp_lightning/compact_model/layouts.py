@@ -70,6 +70,16 @@ class EncoderLayout:
     absent from models that do not need it). When the model has it, the hidden stream starts at its output:
     hidden dimensions are its output rows, and the embedding tables, their LayerNorm and an MLM head's
     embedding-space output keep their width."""
+    head_bias_input: str | None = None
+    """Forward argument of the attention core holding an additive per-head score bias that the encoder computes
+    once for all layers (MPNet's ``position_bias``, ``(batch, heads, query, key)``, from one shared
+    ``relative_attention_bias`` table). A compact core records its kept heads in a ``kp_head_index`` buffer and
+    takes their slices of that argument."""
+    layer_output_tuple: bool = False
+    """The encoder layers return a tuple whose first item is the hidden stream (MPNet), not the tensor itself."""
+    core_width_attr: str | None = None
+    """Attribute of the attention core holding ``heads × head_size`` that its stock forward reads (MPNet's
+    ``all_head_size``); a compact core gets its own width."""
 
     @property
     def compact_model_type(self) -> str:
@@ -218,6 +228,34 @@ LAYOUTS["electra"] = replace(
             lm_decoder="generator_lm_head",
         ),
         "ForPreTraining": HeadLayout(token_readers=("discriminator_predictions.dense",)),
+    },
+)
+
+LAYOUTS["mpnet"] = replace(
+    LAYOUTS["bert"],
+    model_type="mpnet",
+    class_prefix="MPNet",
+    config_class="MPNetConfig",
+    base_prefix="mpnet",
+    embedding_tables=("embeddings.word_embeddings", "embeddings.position_embeddings"),
+    attention_core="attention.attn",
+    query="attention.attn.q",
+    key="attention.attn.k",
+    value="attention.attn.v",
+    attention_out="attention.attn.o",
+    attention_norm="attention.LayerNorm",
+    head_bias_input="position_bias",
+    core_width_attr="all_head_size",
+    layer_output_tuple=True,
+    heads={
+        "Model": HeadLayout(),
+        "ForSequenceClassification": HeadLayout(sequence_readers=("classifier.dense",)),
+        "ForQuestionAnswering": HeadLayout(token_readers=("qa_outputs",)),
+        "ForTokenClassification": HeadLayout(token_readers=("classifier",)),
+        "ForMultipleChoice": HeadLayout(choices=True),
+        "ForMaskedLM": HeadLayout(
+            lm_transform="lm_head.dense", lm_norm="lm_head.layer_norm", lm_decoder="lm_head.decoder"
+        ),
     },
 )
 

@@ -14,6 +14,8 @@ state-dict keys are the stock ones.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import transformers
 from torch import nn
@@ -21,6 +23,9 @@ from torch import nn
 from .configuration_kp import COMPACT_CONFIG_CLASSES
 from .fused_attention import FusedQKVForward
 from .layouts import LAYOUTS, EncoderLayout
+
+STRUCTURE_RECORD_KEY = "kp_structure_record"
+"""Config attribute of a compact model: what it keeps of the dense model (``EncoderStructure.to_dict``)."""
 
 REMOVED_SUBLAYER = "bias_and_norm"
 """``kp_structure["removed_sublayer"]``: a removed sublayer keeps its output bias and its LayerNorm."""
@@ -171,6 +176,55 @@ def _removed_projection(layer: nn.Module, norm_path: str, hidden: int) -> Remove
     return RemovedProjection(hidden, device=ref.device, dtype=ref.dtype)
 
 
+class HeadBiasSelection:
+    """Forward pre-hook of a compact attention core: the per-head score bias the encoder computed for all the
+    original heads (``layout.head_bias_input``), cut to the core's kept heads.
+
+    Args:
+        core: The attention core (its forward's signature locates the argument).
+        argument: Name of the bias argument.
+        kept_heads: Indices, among the original heads, of the heads the core keeps.
+    """
+
+    def __init__(self, core: nn.Module, argument: str, kept_heads: list[int]):
+        names = list(inspect.signature(type(core).forward).parameters)[1:]
+        self.argument = argument
+        self.position = names.index(argument)
+        self.kept_heads = list(kept_heads)
+        self._index: torch.Tensor | None = None  # not a buffer: loading code never sees or re-initialises it
+
+    def _select(self, bias: torch.Tensor) -> torch.Tensor:
+        if self._index is None or self._index.device != bias.device:
+            self._index = torch.tensor(self.kept_heads, dtype=torch.long, device=bias.device)
+        return bias.index_select(1, self._index)
+
+    def __call__(self, core: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if len(args) > self.position and args[self.position] is not None:
+            args = (*args[: self.position], self._select(args[self.position]), *args[self.position + 1 :])
+        elif kwargs.get(self.argument) is not None:
+            kwargs = {**kwargs, self.argument: self._select(kwargs[self.argument])}
+        return args, kwargs
+
+
+def resize_attention_core(core: nn.Module, layout: EncoderLayout, width: int, kept_heads: list[int]) -> None:
+    """What a kept attention core needs beyond resized projections: its width attribute and, for a shared
+    per-head score bias, a :class:`HeadBiasSelection` of its heads (the config's structure record holds them)."""
+    if layout.core_width_attr:
+        setattr(core, layout.core_width_attr, width)
+    if layout.head_bias_input:
+        core.register_forward_pre_hook(HeadBiasSelection(core, layout.head_bias_input, kept_heads), with_kwargs=True)
+
+
+def original_heads(config, layer: int, heads: int) -> list[int]:
+    """Indices, among the original model's heads, of the ``heads`` heads a compact layer keeps (from the
+    structure record compaction writes into the config; the first ``heads`` when there is none)."""
+    record = getattr(config, STRUCTURE_RECORD_KEY, None)
+    kept = record["heads"][layer] if record else list(range(heads))
+    if len(kept) != heads:
+        raise ValueError(f"layer {layer}: the structure record keeps {len(kept)} heads, kp_structure {heads}")
+    return list(kept)
+
+
 def remove_attention(layer: nn.Module, layout: EncoderLayout, hidden: int) -> None:
     """Replace a layer's attention sublayer by ``LN(x + b)``: no Q/K/V, a constant output bias (the LayerNorm stays)."""
     inside = attention_out_inside_core(layout)
@@ -219,7 +273,9 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
         set_module(base, layout.embedding_norm, _sized_norm(get_module(base, layout.embedding_norm), hidden))
     check_removed_sublayer_semantics(structure)
     layers = get_module(base, layout.layers)
-    for layer, heads, neurons in zip(layers, structure["heads"], structure["intermediate"], strict=True):
+    for index, (layer, heads, neurons) in enumerate(
+        zip(layers, structure["heads"], structure["intermediate"], strict=True)
+    ):
         if heads == 0:
             remove_attention(layer, layout, hidden)
         else:
@@ -228,6 +284,8 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
                 set_module(layer, path, _sized_linear(get_module(layer, path), hidden, width))
             out = get_module(layer, layout.attention_out)
             set_module(layer, layout.attention_out, _sized_linear(out, width, hidden))
+            kept = original_heads(model.config, index, heads)
+            resize_attention_core(get_module(layer, layout.attention_core), layout, width, kept)
         set_module(layer, layout.attention_norm, _sized_norm(get_module(layer, layout.attention_norm), hidden))
         if neurons == 0:
             remove_ffn(layer, layout, hidden)

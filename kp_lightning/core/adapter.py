@@ -55,6 +55,11 @@ class LayerView:
         return not isinstance(self._get(self.layout.ffn_down), RemovedProjection)
 
     @property
+    def attention_core(self) -> nn.Module:
+        """The module holding Q/K/V (a ``RemovedMHA`` in a removed attention sublayer)."""
+        return self._get(self.layout.attention_core)
+
+    @property
     def query(self) -> nn.Linear:
         return self._get(self.layout.query)
 

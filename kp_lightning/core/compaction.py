@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from ..compact_model.configuration_kp import COMPACT_CONFIG_CLASSES
-from ..compact_model.modeling_kp import COMPACT_MODEL_CLASSES, REMOVED_SUBLAYER
+from ..compact_model.modeling_kp import COMPACT_MODEL_CLASSES, REMOVED_SUBLAYER, STRUCTURE_RECORD_KEY
 from .adapter import EncoderAdapter
 from .masks import StructuralMasks
 from .structure import EncoderStructure
 
-PARENT_STRUCTURE_KEY = "kp_structure_record"
+PARENT_STRUCTURE_KEY = STRUCTURE_RECORD_KEY
 
 
 @torch.no_grad()

@@ -12,10 +12,20 @@ from ..core.adapter import EncoderAdapter
 
 
 class _Passthrough(nn.Module):
-    """Stands in for a layer below the start layer: hands its input hidden states on unchanged."""
+    """Stands in for a layer below the start layer: hands its input hidden states on unchanged (in a 1-tuple
+    when the architecture's layers return tuples)."""
+
+    def __init__(self, as_tuple: bool):
+        super().__init__()
+        self.as_tuple = as_tuple
 
     def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
+        return (hidden_states,) if self.as_tuple else hidden_states
+
+
+def layer_hidden(output) -> torch.Tensor:
+    """The hidden stream from an encoder layer's output (a tensor, or a tuple starting with it)."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 class _Stop(Exception):
@@ -47,7 +57,7 @@ def start_at_layer(model: nn.Module, layer: int) -> Iterator[LayerFeed]:
     handle = adapter.stream_start.register_forward_hook(replace)
     saved = [layers[i] for i in range(layer)]
     for i in range(layer):
-        layers[i] = _Passthrough()
+        layers[i] = _Passthrough(adapter.layout.layer_output_tuple)
     try:
         yield feed
     finally:
@@ -95,7 +105,7 @@ def layer_outputs(model: nn.Module, layer: int, hidden: torch.Tensor, inputs: di
     out = {}
 
     def stop(module, args, output):
-        out["h"] = output
+        out["h"] = layer_hidden(output)
         raise _Stop
 
     handles.append(target.register_forward_hook(stop))
