@@ -32,7 +32,7 @@ needs_onnx = pytest.mark.skipif(
 )
 
 ARCHS = ("bert", "roberta", "distilbert", "xlm-roberta", "camembert", "electra", "mpnet")
-TASKS = ("ForSequenceClassification", "ForQuestionAnswering", "ForMaskedLM", "Model")
+TASKS = ("ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification", "ForMaskedLM", "Model")
 PREFIX = {
     "bert": "Bert",
     "roberta": "Roberta",

@@ -79,7 +79,7 @@ def test_expected_size_is_the_exact_parameter_count_at_the_limits():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_masked_compacted_and_reloaded_models_agree(arch, tmp_path):
-    for task in ("ForSequenceClassification", "ForQuestionAnswering"):
+    for task in ("ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification"):
         model = tiny_model(arch, task)
         pruner = CoFiPruner(model, SparsitySchedule(0.5, 0, 10))
         randomize(pruner.gates, seed=3)

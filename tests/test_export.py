@@ -95,31 +95,42 @@ def test_compact_export_reloads_through_our_api(tmp_path, arch, task):
     torch.testing.assert_close(main_output(loaded(**batch)), expected, atol=1e-5, rtol=0)
 
 
+STOCK_HEADS = ("Model", "ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification", "ForMaskedLM")
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_compact_export_loads_with_stock_auto_class_in_fresh_process(tmp_path, arch):
-    model = tiny_model(arch, "ForSequenceClassification")
-    masks = edge_case_masks(model)
-    batch = tiny_batch()
-    expected = masked_reference(model, masks, batch)
-    export_compact(model, tmp_path / "export", masks=masks)
+    """Every head's compact export loads with ``AutoModel[For<Task>].from_pretrained(dir, trust_remote_code=True)``
+    in a process that never imports kp_lightning, and gives the masked model's outputs."""
     from safetensors.torch import save_file
 
-    save_file({"expected": expected.contiguous(), **batch}, str(tmp_path / "io.safetensors"))
+    batch = tiny_batch()
+    for head in STOCK_HEADS:
+        model = tiny_model(arch, head)
+        masks = edge_case_masks(model)
+        expected = masked_reference(model, masks, batch)  # a bare model's: the kept hidden dims
+        export_compact(model, tmp_path / f"export_{head}", masks=masks)
+        save_file({"expected": expected.contiguous(), **batch}, str(tmp_path / f"io_{head}.safetensors"))
     stdout = run_fresh_python(
-        """
+        f"""
         import sys, torch, transformers
         from safetensors.torch import load_file
-        io = load_file("io.safetensors")
-        model = transformers.AutoModelForSequenceClassification.from_pretrained("export", trust_remote_code=True)
-        logits = model.eval()(input_ids=io["input_ids"], attention_mask=io["attention_mask"]).logits
-        print("maxdiff", (logits - io["expected"]).abs().max().item())
-        print("imported", "kp_lightning" in sys.modules, type(model).__name__)
+        for head in {list(STOCK_HEADS)!r}:
+            io = load_file(f"io_{{head}}.safetensors")
+            auto = getattr(transformers, "AutoModel" + ("" if head == "Model" else head))
+            model = auto.from_pretrained(f"export_{{head}}", trust_remote_code=True)
+            output = model.eval()(input_ids=io["input_ids"], attention_mask=io["attention_mask"])[0]
+            print(head, "maxdiff", (output - io["expected"]).abs().max().item(), type(model).__name__)
+        print("imported", "kp_lightning" in sys.modules)
         """,
         tmp_path,
     )
-    diff = float(stdout.split("maxdiff ")[1].split()[0])
-    assert diff < 1e-5
-    assert f"imported False KP{PREFIX[arch]}ForSequenceClassification" in stdout
+    assert "imported False" in stdout
+    for head in STOCK_HEADS:
+        line = next(line for line in stdout.splitlines() if line.startswith(f"{head} maxdiff"))
+        _, _, diff, name = line.split()
+        assert float(diff) < 1e-5, line
+        assert name == f"KP{PREFIX[arch]}{head}"
 
 
 @pytest.mark.parametrize("arch", ARCHS)

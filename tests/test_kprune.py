@@ -17,16 +17,24 @@ from kp_lightning.pruning.sample_set import SampleSet
 from kp_lightning.pruning.sampling import draw_sample_batches
 from tests.helpers import ARCHS, main_output, tiny_batch, tiny_model
 
-TASKS = {"classification": "ForSequenceClassification", "question_answering": "ForQuestionAnswering"}
+TASKS = {
+    "classification": "ForSequenceClassification",
+    "question_answering": "ForQuestionAnswering",
+    "token_classification": "ForTokenClassification",
+}
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
 
 
-def sample_set(n_batches: int = 4, batch: int = 4, seq: int = 12, labels: bool = False) -> SampleSet:
+def sample_set(
+    n_batches: int = 4, batch: int = 4, seq: int = 12, labels: bool = False, kind: str = "classification"
+) -> SampleSet:
     batches = []
     for s in range(n_batches):
         b = tiny_batch(seed=s, batch=batch, seq=seq)
         b["attention_mask"][0, seq - 3 :] = 0
-        if labels:
+        if labels and kind == "token_classification":  # a tag per token, padding ignored
+            b["labels"] = (torch.arange(batch * seq).view(batch, seq) % 2).masked_fill(b["attention_mask"] == 0, -100)
+        elif labels:
             b["labels"] = torch.arange(batch) % 2
             b["start_positions"] = torch.arange(batch) + 1
             b["end_positions"] = torch.arange(batch) + 3

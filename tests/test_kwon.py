@@ -19,7 +19,7 @@ from tests.test_kprune import TASKS, sample_set
 @pytest.mark.parametrize("arch", ARCHS)
 def test_kwon_meets_the_budget_and_folds_its_scales_into_the_compact_model(arch, kind):
     model = tiny_model(arch, TASKS[kind])
-    result = kwon_prune(model, sample_set(labels=True), kind, KwonConfig(0.5), progress=False)
+    result = kwon_prune(model, sample_set(labels=True, kind=kind), kind, KwonConfig(0.5), progress=False)
     assert result.flops_pruned <= 0.5 * result.flops_dense * (1 + 1e-9)
     assert result.flops_reduction == pytest.approx(0.5, abs=0.06)
     assert EncoderAdapter(result.model).shape() == result.structure.compacted_shape()
