@@ -28,7 +28,7 @@ from kp_lightning.quantization import (
 )
 from kp_lightning.quantization.fake_quant import ActivationObserver
 from kp_lightning.quantization.int8_model import Int8OnnxModel, cpu_has_vnni
-from tests.helpers import needs_onnx, tiny_batch, tiny_model
+from tests.helpers import ARCHS, needs_onnx, tiny_batch, tiny_model
 from tests.text_fixtures import tiny_tokenizer
 
 
@@ -260,24 +260,28 @@ def test_convert_needs_calibrated_observers():
 
 
 _INT8_CACHE: dict[str, tuple] = {}
+WEIGHT_LAYOUT = {"roberta": False, "distilbert": True}  # unsigned_weights; None (the CPU chooses) elsewhere
 
 
 def int8_pair(arch: str):
     """(fake-quant model, quantizer, int8 model), built once per architecture (an ONNX export takes seconds).
 
-    BERT lets the CPU choose the weight layout, RoBERTa uses int8 weights and DistilBERT uint8 (+128) ones."""
+    RoBERTa uses int8 weights, DistilBERT uint8 (+128) ones, the others let the CPU choose the weight layout."""
     if arch not in _INT8_CACHE:
         model, quantizer = quantized(arch)
-        unsigned = {"bert": None, "roberta": False, "distilbert": True}[arch]
+        unsigned = WEIGHT_LAYOUT.get(arch)
         _INT8_CACHE[arch] = model, quantizer, convert_to_int8(model, quantizer, unsigned_weights=unsigned)
     return _INT8_CACHE[arch]
 
 
+ROBERTA_LAYOUT_COPIES = {"xlm-roberta", "camembert"}  # RoBERTa's layout entry under other names: its run covers them
+INT8_ARCHS = ["bert"] + [
+    pytest.param(arch, marks=pytest.mark.slow) for arch in ARCHS if arch not in {"bert", *ROBERTA_LAYOUT_COPIES}
+]
+
+
 @needs_onnx
-@pytest.mark.parametrize(
-    "arch",
-    ["bert", pytest.param("roberta", marks=pytest.mark.slow), pytest.param("distilbert", marks=pytest.mark.slow)],
-)
+@pytest.mark.parametrize("arch", INT8_ARCHS)
 def test_int8_model_matches_fake_quant(arch):
     model, _, int8 = int8_pair(arch)
     batch = tiny_batch(seed=7, batch=4, seq=13)
@@ -294,7 +298,7 @@ def test_int8_model_matches_fake_quant(arch):
     assert (logits(float_model, batch) - fake).abs().max() > 10 * (real - fake).abs().max()
     kernels = int8.kernel_counts()
     assert kernels.get("MatMulIntegerToFloat", 0) >= 3 * 4, kernels  # the encoder linears run in integer kernels
-    expected_unsigned = {"bert": not cpu_has_vnni(), "roberta": False, "distilbert": True}[arch]
+    expected_unsigned = WEIGHT_LAYOUT.get(arch, not cpu_has_vnni())
     assert int8.meta["unsigned_weights"] == expected_unsigned
     assert next(int8.parameters()).device.type == "cpu" and int8.config.model_type == model.config.model_type
 
