@@ -51,6 +51,23 @@ def test_latency_grid_records_environment():
 
 
 @needs_onnx
+def test_an_sdpa_model_is_exported_with_eager_attention_and_keeps_sdpa(tmp_path):
+    """sdpa's ONNX graph guards every attention matrix with IsNaN/Where (slower in ONNX Runtime); the export traces
+    eager attention instead, with the same outputs, and leaves the model on sdpa."""
+    import onnx
+
+    model = tiny_model("bert", "ForSequenceClassification", attn_implementation="sdpa")
+    path = export_onnx(model, tmp_path / "model.onnx")
+    assert "IsNaN" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert model.config._attn_implementation == "sdpa"
+    batch = tiny_batch()
+    (logits,) = run_onnx(path, batch["input_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        expected = model(**batch).logits
+    torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-5, rtol=0)
+
+
+@needs_onnx
 @pytest.mark.parametrize("arch", ARCHS)
 def test_onnx_export_of_compact_model_matches_onnxruntime(tmp_path, arch):
     model = tiny_model(arch, "ForQuestionAnswering")

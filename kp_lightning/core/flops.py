@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .adapter import EncoderAdapter, EncoderShape
+from .attention_implementation import eager_attention
 
 
 def head_flops(hidden_size: int, head_size: int, seq_len: int) -> int:
@@ -70,9 +71,7 @@ def measured_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> dict[
     vocab = adapter.word_embeddings.num_embeddings
     ids = torch.randint(0, vocab, adapter.input_shape(batch_size, seq_len), device=device)  # batch_size sequences
     was_training = model.training
-    attn_implementation = model.config._attn_implementation
     model.eval()
-    model.set_attn_implementation("eager")
     counter = FlopCounterMode(display=False)
     encoder_flops_total = 0
     handles = []
@@ -89,11 +88,10 @@ def measured_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> dict[
         handles.append(layer.register_forward_pre_hook(before))
         handles.append(layer.register_forward_hook(after))
     try:
-        with counter:
+        with eager_attention(model), counter:
             model(input_ids=ids, attention_mask=torch.ones_like(ids))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-        model.set_attn_implementation(attn_implementation)
     return {"encoder": encoder_flops_total // batch_size, "total": counter.get_total_flops() // batch_size}

@@ -10,6 +10,7 @@ from torch import nn
 from kp_lightning.extras import require_onnx
 
 from .adapter import example_input_shape
+from .attention_implementation import eager_attention
 
 
 class _TensorOutputs(nn.Module):
@@ -47,7 +48,8 @@ def example_ids_and_axes(model: nn.Module, batch_size: int, seq_len: int) -> tup
 
 def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16, batch_size: int = 2) -> Path:
     """Export ``model`` to ONNX with dynamic batch and sequence axes (and choices, for a multiple-choice model:
-    ``input_ids`` of shape ``(batch, choices, seq)``).
+    ``input_ids`` of shape ``(batch, choices, seq)``). The graph is traced with eager attention (the fastest
+    graph for ONNX Runtime); the model keeps its own attention implementation.
 
     Args:
         model: Any supported encoder (stock or compact).
@@ -67,7 +69,7 @@ def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 16, batch_siz
     ids, axes = example_ids_and_axes(model, batch_size, seq_len)
     mask = torch.ones_like(ids)
     dims = {"input_ids": axes, "attention_mask": axes}
-    with torch.no_grad():
+    with torch.no_grad(), eager_attention(model):
         program = torch.onnx.export(
             wrapper,
             (ids, mask),
