@@ -777,7 +777,7 @@ def relatency(args) -> None:
         )
     clock.__exit__(None, None, None)
     runs = load_runs()
-    if "dense" in runs and any(dense_ms.values()):
+    if "dense" in runs and any(dense_ms.values()) and not args.only:  # a partial pass keeps the full pass's dense row
         runs["dense"]["latency"] = {
             k: {"dense_ms": sorted(v)[len(v) // 2], "ms": sorted(v)[len(v) // 2], "dense_all_ms": v}
             for k, v in dense_ms.items()
