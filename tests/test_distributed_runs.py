@@ -194,6 +194,18 @@ def test_fsdp2_cofi_equals_one_process_and_ddp(setup, tmp_path):
     assert ddp_info == {"sharded": False, "world_size": 2}
 
 
+@pytest.mark.slow
+def test_fsdp2_kwon_prune_cli_equals_one_process(setup, tmp_path):
+    """Kwon et al. through prune.py: the same gathered-model path as K-prune, its Fisher pass over the same
+    sample; the mask search and the tuned scales are identical, so are the export and its scores."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_script("prune.py", prune_args(setup, one, "--pruner.method", "kwon"), tmp_path)
+    run_script("prune.py", prune_args(setup, two, "--pruner.method", "kwon", "-c", FSDP2_CPU), tmp_path)
+    assert_same_prune(two, one)
+    report = json.loads((one / "export" / "compression_report.json").read_text())
+    assert report["method"] == "kwon"
+
+
 GMP = ["--trainer.callbacks+=GradualMagnitudePruning", "--trainer.callbacks.final_sparsity", "0.5",
        "--trainer.callbacks.ramp_end_step", "4", "--trainer.callbacks.frequency", "2"]  # fmt: skip
 
