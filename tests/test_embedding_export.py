@@ -29,11 +29,12 @@ from kp_lightning.sparsity.masked_weights import MaskedWeights
 from kp_lightning.sparsity.sparse_export import SPARSE_SUBDIR, write_sparse_model
 from kp_lightning.sparsity.storage import load_sparse
 from kp_lightning.sparsity.weight_selection import select_linear_names
-from tests.helpers import all_removed_masks, edge_case_masks, needs_onnx, tiny_batch, tiny_model
+from tests.helpers import PREFIX, all_removed_masks, edge_case_masks, needs_onnx, tiny_batch, tiny_model
 from tests.text_fixtures import tiny_tokenizer
 
 TEXTS = ["the movie was good", "A plot.", "nice cast, awful story!", "  dull  ", "the story was great, 10/10"]
 MEAN = Pooling("mean", True, 64)
+COMPACT_ST_ARCHS = ("bert", "roberta", "distilbert", "mpnet")  # mpnet: all-mpnet-base-v2's architecture
 
 
 def embedding_model(arch: str, pooling: Pooling = MEAN, seed: int = 0):
@@ -105,7 +106,7 @@ def exports(tmp_path_factory):
         expected[name] = embeddings
 
     # compact exports of masked models: soft head/neuron/hidden masks, a layer without attention, one without FFN
-    for seed, arch in enumerate(("bert", "roberta", "distilbert")):
+    for seed, arch in enumerate(COMPACT_ST_ARCHS):
         model = embedding_model(arch, seed=seed)
         masks = edge_case_masks(model, seed=seed)
         out = export_compact(model, root / f"compact_{arch}", masks=masks, tokenizer=tokenizer, method="kprune")
@@ -158,11 +159,10 @@ def check_same_embeddings(exports, name: str) -> dict:
     return loaded
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("arch", COMPACT_ST_ARCHS)
 def test_a_compact_export_embeds_in_sentence_transformers_as_the_masked_model(exports, arch):
     loaded = check_same_embeddings(exports, f"compact_{arch}")
-    prefix = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert"}[arch]
-    assert loaded["class"] == f"KP{prefix}Model"  # the code shipped in the folder, no kp_lightning
+    assert loaded["class"] == f"KP{PREFIX[arch]}Model"  # the code shipped in the folder, no kp_lightning
     assert loaded["modules"] == ["Transformer", "Pooling", "Normalize"]
     assert loaded["max_seq_length"] == 64
     directory = exports[f"compact_{arch}"][0]
