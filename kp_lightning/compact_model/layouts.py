@@ -73,8 +73,8 @@ class EncoderLayout:
     head_bias_input: str | None = None
     """Forward argument of the attention core holding an additive per-head score bias that the encoder computes
     once for all layers (MPNet's ``position_bias``, ``(batch, heads, query, key)``, from one shared
-    ``relative_attention_bias`` table). A compact core records its kept heads in a ``kp_head_index`` buffer and
-    takes their slices of that argument."""
+    ``relative_attention_bias`` table). A compact core takes its kept heads' slices of that argument (their
+    original indices come from the config's structure record)."""
     layer_output_tuple: bool = False
     """The encoder layers return a tuple whose first item is the hidden stream (MPNet), not the tensor itself."""
     core_width_attr: str | None = None
