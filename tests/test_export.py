@@ -20,11 +20,12 @@ from kp_lightning import (
     export_dense,
     load_compressed,
 )
-from tests.helpers import ARCHS, PREFIX, edge_case_masks, main_output, tiny_batch, tiny_model
+from tests.helpers import ARCHS, PREFIX, TASKS, edge_case_masks, main_output, tiny_batch, tiny_model
 
 AUTO = {
     "ForSequenceClassification": "AutoModelForSequenceClassification",
     "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "ForTokenClassification": "AutoModelForTokenClassification",
     "ForMaskedLM": "AutoModelForMaskedLM",
     "Model": "AutoModel",
 }
@@ -60,7 +61,7 @@ def run_fresh_python(code: str, tmp_path: Path) -> str:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("task", ["ForSequenceClassification", "ForQuestionAnswering", "ForMaskedLM", "Model"])
+@pytest.mark.parametrize("task", TASKS)
 def test_compact_export_reloads_through_our_api(tmp_path, arch, task):
     model = tiny_model(arch, task)
     masks = edge_case_masks(model)
