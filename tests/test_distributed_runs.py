@@ -82,14 +82,14 @@ def assert_same_tensors(got: dict, expected: dict, atol: float = 1e-5) -> None:
         torch.testing.assert_close(got[key], value, atol=atol, rtol=0, msg=key)
 
 
-def assert_same_fit(run: Path, reference: Path, sharded: bool, epochs: int = 2, world_size: int = 2) -> None:
+def assert_same_fit(run: Path, reference: Path, sharded: bool, epochs: int = 2) -> None:
     """Same validation metrics after every epoch (1e-5), final weights, best export and last checkpoint."""
     metrics = [json.loads((d / "rec" / "metrics.json").read_text()) for d in (run, reference)]
     assert len(metrics[0]) == len(metrics[1]) == epochs
     for got, expected in zip(*metrics, strict=True):
         assert got.keys() == expected.keys() == {"val/accuracy", "val/loss"}
         assert all(got[k] == pytest.approx(expected[k], abs=1e-5) for k in expected)
-    assert json.loads((run / "rec" / "info.json").read_text()) == {"sharded": sharded, "world_size": world_size}
+    assert json.loads((run / "rec" / "info.json").read_text()) == {"sharded": sharded, "world_size": 2}
     assert_same_tensors(torch.load(run / "rec" / "weights.pt"), torch.load(reference / "rec" / "weights.pt"))
     exports = [load_file(next(d.rglob("best_model")) / "model.safetensors") for d in (run, reference)]
     assert_same_tensors(*exports)

@@ -247,16 +247,7 @@ LAYOUTS["mpnet"] = replace(
     head_bias_input="position_bias",
     core_width_attr="all_head_size",
     layer_output_tuple=True,
-    heads={
-        "Model": HeadLayout(),
-        "ForSequenceClassification": HeadLayout(sequence_readers=("classifier.dense",)),
-        "ForQuestionAnswering": HeadLayout(token_readers=("qa_outputs",)),
-        "ForTokenClassification": HeadLayout(token_readers=("classifier",)),
-        "ForMultipleChoice": HeadLayout(choices=True),
-        "ForMaskedLM": HeadLayout(
-            lm_transform="lm_head.dense", lm_norm="lm_head.layer_norm", lm_decoder="lm_head.decoder"
-        ),
-    },
+    heads=LAYOUTS["roberta"].heads,  # MPNet's task heads are RoBERTa's, module for module
 )
 
 

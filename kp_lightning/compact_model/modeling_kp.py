@@ -206,13 +206,14 @@ class HeadBiasSelection:
         return args, kwargs
 
 
-def resize_attention_core(core: nn.Module, layout: EncoderLayout, width: int, kept_heads: list[int]) -> None:
-    """What a kept attention core needs beyond resized projections: its width attribute and, for a shared
+def resize_attention_core(core: nn.Module, layout: EncoderLayout, config, layer: int, heads: int, width: int) -> None:
+    """What kept attention core ``layer`` needs beyond resized projections: its width attribute and, for a shared
     per-head score bias, a :class:`HeadBiasSelection` of its heads (the config's structure record holds them)."""
     if layout.core_width_attr:
         setattr(core, layout.core_width_attr, width)
     if layout.head_bias_input:
-        core.register_forward_pre_hook(HeadBiasSelection(core, layout.head_bias_input, kept_heads), with_kwargs=True)
+        kept = original_heads(config, layer, heads)
+        core.register_forward_pre_hook(HeadBiasSelection(core, layout.head_bias_input, kept), with_kwargs=True)
 
 
 def original_heads(config, layer: int, heads: int) -> list[int]:
@@ -284,8 +285,7 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
                 set_module(layer, path, _sized_linear(get_module(layer, path), hidden, width))
             out = get_module(layer, layout.attention_out)
             set_module(layer, layout.attention_out, _sized_linear(out, width, hidden))
-            kept = original_heads(model.config, index, heads)
-            resize_attention_core(get_module(layer, layout.attention_core), layout, width, kept)
+            resize_attention_core(get_module(layer, layout.attention_core), layout, model.config, index, heads, width)
         set_module(layer, layout.attention_norm, _sized_norm(get_module(layer, layout.attention_norm), hidden))
         if neurons == 0:
             remove_ffn(layer, layout, hidden)
