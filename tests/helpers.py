@@ -31,7 +31,7 @@ needs_onnx = pytest.mark.skipif(
     reason=f"needs the [onnx] extra: pip install -e '.[onnx]' (missing: {', '.join(MISSING_ONNX) or 'none'})",
 )
 
-ARCHS = ("bert", "roberta", "distilbert", "xlm-roberta", "camembert", "electra", "mpnet")
+ARCHS = ("bert", "roberta", "distilbert", "xlm-roberta", "camembert", "electra", "mpnet", "deberta-v2")
 TASKS = ("ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification", "ForMaskedLM", "Model")
 PREFIX = {
     "bert": "Bert",
@@ -41,31 +41,55 @@ PREFIX = {
     "camembert": "Camembert",
     "electra": "Electra",
     "mpnet": "MPNet",
+    "deberta-v2": "DebertaV2",
 }
 
 
-EAGER_ONLY = {"mpnet"}  # architectures transformers implements with eager attention only
-STOCK_ATTENTION = {"mpnet"}  # compact cores keep the stock forward (no fused Q/K/V path for their attention math)
+EAGER_ONLY = {"mpnet", "deberta-v2"}  # architectures transformers implements with eager attention only
+# Compact cores keep the stock forward (no fused Q/K/V path for their attention math).
+STOCK_ATTENTION = {"mpnet", "deberta-v2"}
 
 
-def tiny_config(arch: str, attn_implementation: str = "eager", layers: int = 3):
+DEBERTA_V3 = {
+    "relative_attention": True,
+    "position_buckets": 16,
+    "max_relative_positions": 64,
+    "norm_rel_ebd": "layer_norm",
+    "share_att_key": True,
+    "pos_att_type": "p2c|c2p",
+    "position_biased_input": False,
+    "type_vocab_size": 0,
+}
+DEBERTA_V2_SEPARATE_POSITION_KEYS = {
+    **DEBERTA_V3,
+    "share_att_key": False,
+    "position_biased_input": True,
+    "type_vocab_size": 2,
+}  # DeBERTa-v2's other settings: pos_key_proj / pos_query_proj per layer, absolute and token-type tables
+
+
+def tiny_config(arch: str, attn_implementation: str = "eager", layers: int = 3, **overrides):
     """A 3-layer, 4-head, hidden-32 encoder of the given architecture (skips the test for an attention
-    implementation the architecture does not have)."""
+    implementation the architecture does not have); ``overrides`` are further config settings."""
     if attn_implementation != "eager" and arch in EAGER_ONLY:
         pytest.skip(f"transformers implements {arch} with eager attention only")
     common = {"vocab_size": 99, "max_position_embeddings": 130, "attn_implementation": attn_implementation}
+    common.update(overrides)
     if arch == "distilbert":
         return transformers.DistilBertConfig(dim=32, n_layers=layers, n_heads=4, hidden_dim=37, **common)
     if arch == "electra":  # embedding_size != hidden_size: the embeddings go through embeddings_project
         common["embedding_size"] = 24
+    if arch == "deberta-v2":  # DeBERTa-v3's settings: shared Q/K for positions, log buckets, no absolute positions
+        common = {**DEBERTA_V3, **common}
     cls = getattr(transformers, PREFIX[arch] + "Config")
     return cls(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=37, **common)
 
 
-def tiny_model(arch: str, task: str, attn_implementation: str = "eager", seed: int = 0, layers: int = 3):
-    """Random tiny model in eval mode, with non-trivial LayerNorm parameters."""
+def tiny_model(arch: str, task: str, attn_implementation: str = "eager", seed: int = 0, layers: int = 3, **overrides):
+    """Random tiny model in eval mode, with non-trivial LayerNorm parameters (``overrides``: config settings)."""
     torch.manual_seed(seed)
-    model = getattr(transformers, PREFIX[arch] + task)(tiny_config(arch, attn_implementation, layers)).eval()
+    config = tiny_config(arch, attn_implementation, layers, **overrides)
+    model = getattr(transformers, PREFIX[arch] + task)(config).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.LayerNorm):

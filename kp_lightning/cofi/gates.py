@@ -129,6 +129,7 @@ class CoFiGates(nn.Module):
             ffn=p["ffn"][0],
             hidden=p["hidden"][0].sum(),
             head_size=self.shape.head_size,
+            position_projections=self.shape.position_projections,
         )
 
     def expected_sparsity(self) -> torch.Tensor:

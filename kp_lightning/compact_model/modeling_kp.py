@@ -88,7 +88,7 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path) if path else root
 
 
-def _optional_module(root: nn.Module, path: str | None) -> nn.Module | None:
+def optional_module(root: nn.Module, path: str | None) -> nn.Module | None:
     """Module at a dotted path, or None when ``path`` is None or the model has no such module."""
     if not path:
         return None
@@ -207,10 +207,13 @@ class HeadBiasSelection:
 
 
 def resize_attention_core(core: nn.Module, layout: EncoderLayout, config, layer: int, heads: int, width: int) -> None:
-    """What kept attention core ``layer`` needs beyond resized projections: its width attribute and, for a shared
-    per-head score bias, a :class:`HeadBiasSelection` of its heads (the config's structure record holds them)."""
+    """What kept attention core ``layer`` needs beyond resized projections: its width and head-count attributes
+    and, for a shared per-head score bias, a :class:`HeadBiasSelection` of its heads (from the config's structure
+    record)."""
     if layout.core_width_attr:
         setattr(core, layout.core_width_attr, width)
+    if layout.core_heads_attr:
+        setattr(core, layout.core_heads_attr, heads)
     if layout.head_bias_input:
         kept = original_heads(config, layer, heads)
         core.register_forward_pre_hook(HeadBiasSelection(core, layout.head_bias_input, kept), with_kwargs=True)
@@ -265,13 +268,19 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
     base = base_model_of(model, layout)
     hidden = int(structure["hidden_size"])
     head_size = getattr(model.config, layout.hidden_size_attr) // getattr(model.config, layout.num_heads_attr)
-    projection = _optional_module(base, layout.embedding_projection)
+    projection = optional_module(base, layout.embedding_projection)
     if projection is not None:  # the hidden stream starts at the projection; the embeddings keep their width
         set_module(base, layout.embedding_projection, _sized_linear(projection, projection.in_features, hidden))
     else:
         for path in layout.embedding_tables:
-            set_module(base, path, _sized_embedding(get_module(base, path), hidden))
+            if (table := optional_module(base, path)) is not None:
+                set_module(base, path, _sized_embedding(table, hidden))
         set_module(base, layout.embedding_norm, _sized_norm(get_module(base, layout.embedding_norm), hidden))
+    relative = optional_module(base, layout.relative_embeddings)
+    if relative is not None:  # a second hidden-stream source, read by every layer's projections
+        set_module(base, layout.relative_embeddings, _sized_embedding(relative, hidden))
+        if (norm := optional_module(base, layout.relative_embedding_norm)) is not None:
+            set_module(base, layout.relative_embedding_norm, _sized_norm(norm, hidden))
     check_removed_sublayer_semantics(structure)
     layers = get_module(base, layout.layers)
     for index, (layer, heads, neurons) in enumerate(
@@ -281,8 +290,9 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
             remove_attention(layer, layout, hidden)
         else:
             width = heads * head_size
-            for path in (layout.query, layout.key, layout.value):
-                set_module(layer, path, _sized_linear(get_module(layer, path), hidden, width))
+            for path in (layout.query, layout.key, layout.value, *layout.position_projections):
+                if (head_projection := optional_module(layer, path)) is not None:
+                    set_module(layer, path, _sized_linear(head_projection, hidden, width))
             out = get_module(layer, layout.attention_out)
             set_module(layer, layout.attention_out, _sized_linear(out, width, hidden))
             resize_attention_core(get_module(layer, layout.attention_core), layout, model.config, index, heads, width)

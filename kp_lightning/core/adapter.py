@@ -9,7 +9,15 @@ from torch import nn
 from kp_lightning.errors import KPError
 
 from ..compact_model.layouts import EncoderLayout, HeadLayout, layout_for_model_type, supported_classes
-from ..compact_model.modeling_kp import RemovedMHA, RemovedProjection, base_model_of, get_module, task_of
+from ..compact_model.modeling_kp import (
+    STRUCTURE_RECORD_KEY,
+    RemovedMHA,
+    RemovedProjection,
+    base_model_of,
+    get_module,
+    optional_module,
+    task_of,
+)
 
 
 class UnsupportedModelError(KPError, TypeError):
@@ -24,6 +32,13 @@ class EncoderShape:
     head_size: int
     heads: tuple[int, ...]
     neurons: tuple[int, ...]
+    position_rows: int = 0
+    """Relative-position rows each head scores against its queries or keys per forward, over all relative terms
+    (DeBERTa's c2p / p2c)."""
+    position_projected_rows: int = 0
+    """Relative-position rows each head projects per forward, over all projections that read the table."""
+    position_projections: int = 0
+    """Extra per-head projections (weights and biases) a layer has beyond Q/K/V (DeBERTa's ``pos_*_proj``)."""
 
     @property
     def num_layers(self) -> int:
@@ -80,6 +95,13 @@ class LayerView:
         return self._get(self.layout.attention_norm)
 
     @property
+    def position_projections(self) -> list[nn.Linear]:
+        """The layer's per-head relative-position projections that exist (none in a removed attention sublayer)."""
+        if not self.has_attention:
+            return []
+        return [m for p in self.layout.position_projections if (m := optional_module(self.module, p)) is not None]
+
+    @property
     def ffn_up(self) -> nn.Module:
         return self._get(self.layout.ffn_up)
 
@@ -126,6 +148,13 @@ class EncoderAdapter:
                 f"{type(model).__name__} is not supported (its architecture '{layout.model_type}' is, but not this "
                 f"task head). Supported classes: {', '.join(supported_classes())}."
             ) from None
+        unmet = [r for r in layout.requirements if not r.holds(config, self.task)]
+        if unmet:
+            r = unmet[0]
+            raise UnsupportedModelError(
+                f"{type(model).__name__} with {r.attr}={getattr(config, r.attr, r.default)!r} is not supported: "
+                f"{r.reason}. Supported: {r.attr} in {list(r.supported) or [r.same_as]}."
+            )
         if getattr(config, "add_cross_attention", False) or getattr(config, "is_decoder", False):
             raise UnsupportedModelError(
                 f"{type(model).__name__} is configured as a decoder; only encoders are supported."
@@ -150,7 +179,28 @@ class EncoderAdapter:
 
     @property
     def embedding_tables(self) -> list[nn.Embedding]:
-        return [get_module(self.base, p) for p in self.layout.embedding_tables]
+        """The embedding tables the model has (a config can drop position or token-type tables)."""
+        return [m for p in self.layout.embedding_tables if (m := optional_module(self.base, p)) is not None]
+
+    @property
+    def relative_embeddings(self) -> nn.Embedding | None:
+        """The shared relative-position table in the hidden width (DeBERTa), when the model has one."""
+        return optional_module(self.base, self.layout.relative_embeddings)
+
+    @property
+    def relative_embedding_norm(self) -> nn.LayerNorm | None:
+        """The LayerNorm applied to that table, when the model has one."""
+        if self.relative_embeddings is None:
+            return None
+        return optional_module(self.base, self.layout.relative_embedding_norm)
+
+    def relative_rows(self) -> tuple[int, int]:
+        """Rows of the relative-position table and the number of active relative terms (0, 0 without a table)."""
+        table = self.relative_embeddings
+        if table is None or not self.layout.relative_terms_attr:
+            return 0, 0
+        active = getattr(self.config, self.layout.relative_terms_attr, None) or ()
+        return table.num_embeddings, sum(term in active for term in self.layout.relative_terms)
 
     @property
     def embedding_norm(self) -> nn.LayerNorm:
@@ -198,12 +248,25 @@ class EncoderAdapter:
 
     def shape(self) -> EncoderShape:
         """Current sizes, per layer."""
+        kept = [layer for layer in self.layers if layer.has_attention]
+        own = len(kept[0].position_projections) if kept else self._configured_projections()
+        rows, terms = self.relative_rows()
+        projections = own or (self.layout.shared_position_projections if terms else 0)
         return EncoderShape(
             hidden_size=self.hidden_size,
             head_size=self.head_size,
             heads=tuple(layer.num_heads for layer in self.layers),
             neurons=tuple(layer.num_neurons for layer in self.layers),
+            position_rows=rows * terms,
+            position_projected_rows=rows * projections,
+            position_projections=own,
         )
+
+    def _configured_projections(self) -> int:
+        """Per-head position projections when no layer keeps attention: the original model's, from the
+        structure record compaction wrote."""
+        record = getattr(self.config, STRUCTURE_RECORD_KEY, None)
+        return int(record["shape"].get("position_projections", 0)) if record else 0
 
 
 def _has_module(root: nn.Module, path: str) -> bool:

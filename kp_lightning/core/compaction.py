@@ -107,6 +107,11 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
         for table in adapter.embedding_tables:
             put(table, table.weight[:, hid])
         norm(adapter.embedding_norm)
+    relative = adapter.relative_embeddings
+    if relative is not None:  # read through every layer's projections: its columns are hidden dims
+        put(relative, relative.weight[:, hid])
+        if adapter.relative_embedding_norm is not None:
+            norm(adapter.relative_embedding_norm)
 
     for view, heads, neurons in zip(adapter.layers, structure.heads, structure.neurons, strict=True):
         i, dh = view.index, view.head_size
@@ -114,13 +119,13 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
         row_scale = (masks.attention[i] * hidden)[hid]
         if not heads:  # removed: LN(x + b), the bias scaled like the sublayer's output
             if view.has_attention:
-                for module in (view.query, view.key, view.value):
+                for module in (view.query, view.key, view.value, *view.position_projections):
                     drop(module)
             drop(out)
             put(out, None, out.bias[hid] * row_scale)
         else:
             dims = _index([h * dh + j for h in heads for j in range(dh)], device)
-            for proj in (view.query, view.key, view.value):
+            for proj in (view.query, view.key, view.value, *view.position_projections):
                 put(proj, proj.weight[dims][:, hid], proj.bias[dims])
             col_scale = masks.head[i].repeat_interleave(dh)[dims]
             weight = out.weight[hid][:, dims] * col_scale * row_scale[:, None]

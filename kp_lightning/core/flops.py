@@ -3,8 +3,13 @@
 Per sequence of length ``n``, hidden width ``d`` and head size ``d_h`` (kprune.md §1), counting 2 FLOPs per
 multiply-accumulate of the matrix products; embeddings, LayerNorm, biases and softmax are ignored::
 
-    F_head   = 3·2·d·d_h·n + 2·2·n²·d_h + 2·d_h·n·d
+    F_head   = 3·2·d·d_h·n + 2·2·n²·d_h + 2·d_h·n·d  (+ 2·d_h·(P·d + R·n))
     F_neuron = 2·2·n·d
+
+The bracketed term is relative-position attention (DeBERTa): each head projects ``P`` table rows (summed over
+the projections that read the table, ``EncoderShape.position_projected_rows``) and scores ``R`` rows against
+every query or key (summed over the c2p / p2c terms, ``EncoderShape.position_rows``). The projection is
+computed once per forward, so the count is exact at batch 1 and an upper bound per sequence in larger batches.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ from .adapter import EncoderAdapter, EncoderShape
 from .attention_implementation import eager_attention
 
 
-def head_flops(hidden_size: int, head_size: int, seq_len: int) -> int:
-    """FLOPs of one attention head for one sequence."""
+def head_flops(hidden_size: int, head_size: int, seq_len: int, position_rows: int = 0, projected_rows: int = 0) -> int:
+    """FLOPs of one attention head for one sequence (relative-position rows it scores and projects: see above)."""
     d, dh, n = hidden_size, head_size, seq_len
-    return 6 * d * dh * n + 4 * n * n * dh + 2 * dh * n * d
+    return 6 * d * dh * n + 4 * n * n * dh + 2 * dh * n * d + 2 * dh * (projected_rows * d + position_rows * n)
 
 
 def neuron_flops(hidden_size: int, seq_len: int) -> int:
@@ -30,7 +35,7 @@ def neuron_flops(hidden_size: int, seq_len: int) -> int:
 
 def encoder_flops(shape: EncoderShape, seq_len: int) -> int:
     """FLOPs of all encoder layers for one sequence."""
-    fh = head_flops(shape.hidden_size, shape.head_size, seq_len)
+    fh = head_flops(shape.hidden_size, shape.head_size, seq_len, shape.position_rows, shape.position_projected_rows)
     fn = neuron_flops(shape.hidden_size, seq_len)
     return sum(h * fh + n * fn for h, n in zip(shape.heads, shape.neurons, strict=True))
 

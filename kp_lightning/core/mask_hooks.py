@@ -7,7 +7,8 @@ Where each mask acts (the same semantics :func:`compact` reproduces with smaller
 * neuron mask: scales the FFN activation (pre-hook on the down projection);
 * sublayer scale and hidden mask: scale the output projection's output (bias included);
 * hidden mask: every residual-stream LayerNorm normalises over the non-zero dims only and its output is scaled
-  by the mask, so pruned dims stay exactly zero; the MLM transform LayerNorm also normalises over kept dims;
+  by the mask, so pruned dims stay exactly zero; so does the LayerNorm of a relative-position table read by the
+  attention projections (DeBERTa); the MLM transform LayerNorm also normalises over kept dims;
 * nothing special happens to a removed sublayer (scale 0 or no unit left): the output projection then
   returns its bias times the scale, so a post-LayerNorm sublayer computes ``LN(x + s·b)``, which is what a
   compacted model keeps of it (:class:`~kp_lightning.compact_model.modeling_kp.RemovedProjection`).
@@ -91,6 +92,9 @@ def attach_masks(model: nn.Module, masks: StructuralMasks) -> MaskHandle:
         handle.add(projection.register_forward_hook(_stream_scale(masks)))
     else:
         handle.add(adapter.embedding_norm.register_forward_hook(_stream_norm(masks, scale=True)))
+    relative_norm = adapter.relative_embedding_norm
+    if relative_norm is not None:  # the relative-position table is a second hidden-stream source
+        handle.add(relative_norm.register_forward_hook(_stream_norm(masks, scale=True)))
     if adapter.head.lm_norm and projection is None:  # with a projection the MLM output space is not pruned
         handle.add(
             adapter.model.get_submodule(adapter.head.lm_norm).register_forward_hook(_stream_norm(masks, scale=False))

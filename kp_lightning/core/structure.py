@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kp_lightning.errors import KPError
@@ -92,9 +92,9 @@ class EncoderStructure:
 
     def compacted_shape(self) -> EncoderShape:
         """Shape of the model after compaction to this structure."""
-        return EncoderShape(
+        return replace(
+            self.shape,
             hidden_size=len(self.hidden),
-            head_size=self.shape.head_size,
             heads=tuple(len(h) for h in self.heads),
             neurons=tuple(len(n) for n in self.neurons),
         )
@@ -117,6 +117,7 @@ class EncoderStructure:
                 "head_size": self.shape.head_size,
                 "heads": list(self.shape.heads),
                 "neurons": list(self.shape.neurons),
+                **_position_fields(self.shape),
             },
             "kept": self.kept_counts(),
             "attention_kept": self.attention_kept,
@@ -139,7 +140,15 @@ class EncoderStructure:
             )
         try:
             s = data["shape"]
-            shape = EncoderShape(int(s["hidden_size"]), int(s["head_size"]), tuple(s["heads"]), tuple(s["neurons"]))
+            shape = EncoderShape(
+                int(s["hidden_size"]),
+                int(s["head_size"]),
+                tuple(s["heads"]),
+                tuple(s["neurons"]),
+                position_rows=int(s.get("position_rows", 0)),
+                position_projected_rows=int(s.get("position_projected_rows", 0)),
+                position_projections=int(s.get("position_projections", 0)),
+            )
             record = cls(shape=shape, heads=data["heads"], neurons=data["neurons"], hidden=data["hidden"])
         except (KeyError, TypeError) as err:
             raise StructureError(f"structure record is missing or mistypes a field: {err}") from err
@@ -154,6 +163,16 @@ class EncoderStructure:
     @classmethod
     def load(cls, path: str | Path) -> EncoderStructure:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _position_fields(shape: EncoderShape) -> dict:
+    """The relative-position sizes of a shape, written only where an architecture has them."""
+    fields = {
+        "position_rows": shape.position_rows,
+        "position_projected_rows": shape.position_projected_rows,
+        "position_projections": shape.position_projections,
+    }
+    return {k: v for k, v in fields.items() if v}
 
 
 def _check_indices(indices: list[int], size: int, where: str) -> None:

@@ -12,15 +12,15 @@ from ..core.adapter import EncoderAdapter
 
 
 class _Passthrough(nn.Module):
-    """Stands in for a layer below the start layer: hands its input hidden states on unchanged (in a 1-tuple
-    when the architecture's layers return tuples)."""
+    """Stands in for a layer below the start layer: hands its input hidden states on unchanged (as
+    ``(hidden, None)``, no attention weights, when the architecture's layers return tuples)."""
 
     def __init__(self, as_tuple: bool):
         super().__init__()
         self.as_tuple = as_tuple
 
     def forward(self, hidden_states, *args, **kwargs):
-        return (hidden_states,) if self.as_tuple else hidden_states
+        return (hidden_states, None) if self.as_tuple else hidden_states
 
 
 def layer_hidden(output) -> torch.Tensor:

@@ -71,7 +71,10 @@ class PruningRun:
         self.student = freeze(compact(model, StructuralMasks.ones(EncoderAdapter(model).shape())))
         self.shape = EncoderAdapter(self.student).shape()
         self.seq_len = seq_len or samples.mean_length
-        self.head_flops = head_flops(self.shape.hidden_size, self.shape.head_size, self.seq_len)
+        shape = self.shape
+        self.head_flops = head_flops(
+            shape.hidden_size, shape.head_size, self.seq_len, shape.position_rows, shape.position_projected_rows
+        )
         self.neuron_flops = neuron_flops(self.shape.hidden_size, self.seq_len)
         self.flops_dense = encoder_flops(self.shape, self.seq_len)
         self.seconds: dict[str, float] = defaultdict(float)
