@@ -16,7 +16,6 @@ from tests.test_cofi_training import NO_DROPOUT, cofi_args
 from tests.text_fixtures import save_tiny_model, write_sst2
 
 
-
 @pytest.fixture(scope="module")
 def glue(tmp_path_factory):
     return write_sst2(tmp_path_factory.mktemp("glue"), n_train=64, n_dev=25)  # as tests/test_cofi_training.py
