@@ -66,7 +66,12 @@ CHECKS = (
     Check(
         "removed sublayer LN(x+b)",
         "test_removed_sublayer.py::test_removed_sublayers_keep_bias_and_layernorm_in_masked_and_compact_models",
-        (SC,),
+        (M,),
+    ),
+    Check(
+        "one unit: masks = gates = GMP = compact",
+        "test_unit_slices.py::test_one_unit_zeroed_through_every_path_gives_the_same_outputs",
+        (M,),
     ),
     Check("reload (our API)", "test_export.py::test_compact_export_reloads_through_our_api"),
     Check(
@@ -103,6 +108,11 @@ CHECKS = (
     ),
     Check("QAT → int8 = fake quant", "test_quantization.py::test_int8_model_matches_fake_quant", (SC,)),
     Check("sentence-transformers", "test_embedding_models.py::test_pooling_equals_sentence_transformers_encode", (M,)),
+    Check(
+        "prune.py → train.py validate",
+        "test_architecture_commands.py::test_prune_py_kprune_exports_a_model_that_validates_to_its_reported_score",
+        (SC,),
+    ),
 )
 
 

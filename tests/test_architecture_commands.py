@@ -30,7 +30,7 @@ def validated_accuracy(export, glue, root) -> float:
     return float(cli.trainer.callback_metrics["val/accuracy"])
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "bert"])  # BERT: tests/test_prune_cli.py
+@pytest.mark.parametrize("arch", ARCHS)
 def test_prune_py_kprune_exports_a_model_that_validates_to_its_reported_score(arch, glue, tmp_path):
     model = save_tiny_model(tmp_path / "model", "ForSequenceClassification", arch=arch)
     out = tmp_path / "out"
