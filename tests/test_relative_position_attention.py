@@ -1,12 +1,14 @@
 """DeBERTa's disentangled attention: the relative-position table is a hidden-stream source, per-head position
 projections follow the kept heads, the c2p / p2c terms are counted, and settings the layout does not describe
-are refused (the v3 settings run through every per-architecture test as ``deberta-v2``)."""
+are refused (the v3 settings run through every per-architecture test as ``deberta-v2``); MPNet's shared position
+bias is cut by original head index, which only the structure record gives."""
 
 import pytest
 import torch
 
 from kp_lightning import EncoderAdapter, UnsupportedModelError, attach_masks, compact, export_compact, load_compressed
 from kp_lightning.cofi import full_size, structure_size
+from kp_lightning.compact_model.modeling_kp import STRUCTURE_RECORD_KEY
 from kp_lightning.core.flops import measured_flops, model_flops
 from kp_lightning.core.report import parameter_counts
 from tests.helpers import DEBERTA_V2_SEPARATE_POSITION_KEYS, edge_case_masks, main_output, tiny_batch, tiny_model
@@ -79,3 +81,14 @@ def test_settings_the_layout_does_not_describe_are_refused_with_the_reason(task,
 def test_a_setting_that_only_matters_for_another_head_is_accepted():
     model = tiny_model("deberta-v2", "ForSequenceClassification", legacy=False)
     assert EncoderAdapter(model).task == "ForSequenceClassification"
+
+
+def test_a_shared_head_bias_without_the_structure_record_is_refused():
+    """MPNet's compact cores cut the shared position bias to their original head indices, which only the
+    structure record holds: a compact config without it (not written by kp_lightning) is refused, not guessed."""
+    model = tiny_model("mpnet", "Model")
+    masks = edge_case_masks(model)
+    config = compact(model, masks).config
+    setattr(config, STRUCTURE_RECORD_KEY, None)
+    with pytest.raises(ValueError, match="no 'kp_structure_record' saying which"):
+        type(compact(model, masks))(config)

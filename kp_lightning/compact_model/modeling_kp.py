@@ -215,15 +215,28 @@ def resize_attention_core(core: nn.Module, layout: EncoderLayout, config, layer:
     if layout.core_heads_attr:
         setattr(core, layout.core_heads_attr, heads)
     if layout.head_bias_input:
-        kept = original_heads(config, layer, heads)
+        kept = original_heads(config, layer, heads, getattr(config, layout.num_heads_attr))
         core.register_forward_pre_hook(HeadBiasSelection(core, layout.head_bias_input, kept), with_kwargs=True)
 
 
-def original_heads(config, layer: int, heads: int) -> list[int]:
+def original_heads(config, layer: int, heads: int, total: int) -> list[int]:
     """Indices, among the original model's heads, of the ``heads`` heads a compact layer keeps (from the
-    structure record compaction writes into the config; the first ``heads`` when there is none)."""
+    structure record compaction writes into the config); ``total``: the original model's heads per layer.
+
+    Raises:
+        ValueError: the config has no structure record and the layer does not keep every head, so which
+            original heads it keeps is unknown.
+    """
     record = getattr(config, STRUCTURE_RECORD_KEY, None)
-    kept = record["heads"][layer] if record else list(range(heads))
+    if not record:
+        if heads != total:
+            raise ValueError(
+                f"layer {layer} keeps {heads} of {total} heads, but the config has no '{STRUCTURE_RECORD_KEY}' "
+                "saying which: this architecture's shared per-head position bias needs it. Export the model "
+                "with kp_lightning (export_compact), which writes it."
+            )
+        return list(range(heads))
+    kept = record["heads"][layer]
     if len(kept) != heads:
         raise ValueError(f"layer {layer}: the structure record keeps {len(kept)} heads, kp_structure {heads}")
     return list(kept)
