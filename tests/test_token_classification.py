@@ -110,6 +110,35 @@ def test_tables_hub_style_class_labels_and_conll_give_the_same_data(tmp_path):
                            label_names=["O", "B-LOC"])  # fmt: skip
 
 
+def test_a_hub_dataset_loads_through_load_dataset_like_the_same_conll_files(ner, tmp_path):
+    """``hub_name`` goes through ``datasets.load_dataset(name)``; a local dataset folder (one Parquet file per
+    split, ClassLabel names in its schema, as the hub serves conll2003) takes the same call without a network."""
+    root, train, dev, encoder = ner
+    order = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]  # the dataset's own ClassLabel order
+    features = datasets.Features(
+        {"tokens": datasets.Sequence(datasets.Value("string")),
+         "ner_tags": datasets.Sequence(datasets.ClassLabel(names=order))}
+    )  # fmt: skip
+    folder = tmp_path / "conll_like"
+    for split, (n, seed) in (("train", (48, 0)), ("validation", (16, 1))):
+        rows = ner_sentences(n, seed)
+        table = {"tokens": [w for w, _ in rows], "ner_tags": [[order.index(t) for t in tags] for _, tags in rows]}
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        datasets.Dataset.from_dict(table, features=features).to_parquet(folder / "data" / f"{split}.parquet")
+    hub = TokenClassificationDataModule(hub_name=str(folder), tokenizer=str(encoder), cache_dir=None, batch_size=4)
+    files = TokenClassificationDataModule(str(train), str(dev), tokenizer=str(encoder), cache_dir=None,
+                                          label_names=order, batch_size=4)  # fmt: skip
+    hub.setup()
+    files.setup()
+    assert hub.task_spec.label_names == order == files.task_spec.label_names
+    for split in ("train", "validation"):
+        assert hub.datasets[split]["labels"] == files.datasets[split]["labels"]
+        assert hub.datasets[split]["input_ids"] == files.datasets[split]["input_ids"]
+    (folder / "data" / "validation.parquet").unlink()
+    with pytest.raises(ConfigError, match=r"has no \['validation'\] split"):
+        TokenClassificationDataModule(hub_name=str(folder), tokenizer=str(encoder), cache_dir=None).setup()
+
+
 def expected_labels(words: list[str], tag_ids: list[int], inside: dict[int, int] | None = None) -> list[int]:
     """The tiny tokenizer spells each word letter by letter: [CLS], then per word its first letter + '##' rest."""
     labels = [-100]
