@@ -184,8 +184,13 @@ class KPrune(pl.Callback):
             return self.config
         return dataclasses.replace(self.config, seq_len=self.avg_length)
 
-    def _check_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Refuse what would waste the run: untrained head, wrong task kind, mismatched tokenizer, no data."""
+    def check_model(self, pl_module: pl.LightningModule) -> None:
+        """Refuse a module this pruner cannot use (wrong kind, wrong task, untrained head), before any work:
+        ``prune.py`` calls it before validating the dense model, ``setup`` again.
+
+        Raises:
+            PruneError: what is wrong, and what to do instead.
+        """
         model = getattr(pl_module, "model", None)
         if model is None or not hasattr(pl_module, "task"):
             raise PruneError("KPrune needs a kp_lightning TaskModule or DistillationModule")
@@ -197,6 +202,12 @@ class KPrune(pl.Callback):
                 "measures what a fine-tuned model knows. Fine-tune it first (train.py fit), or set "
                 "allow_untrained_head: true if you really mean it."
             )
+        EncoderAdapter(model)  # an unsupported architecture or configuration is refused here
+
+    def _check_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse what would waste the run: the module (see :meth:`check_model`), mismatched tokenizer, no data."""
+        self.check_model(pl_module)
+        model = pl_module.model
         dm = trainer.datamodule
         if dm is None or getattr(dm, "datasets", None) is None or "train" not in dm.datasets:
             raise PruneError("KPrune draws its samples from the data module's training split; none was found")

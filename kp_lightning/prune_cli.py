@@ -56,6 +56,7 @@ def run_pruning(cli: PruneCLI) -> dict:
     check_output_dir(out_dir, config.overwrite, hint="pass --overwrite true")
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     pruner: KPrune = cli.config_init.pruner
+    pruner.check_model(module)  # before the dense validation: an untrained head or unsupported model wastes nothing
     metric = module.task.main_metric
     dense_metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
     trainer.callbacks.append(pruner)

@@ -110,11 +110,12 @@ def test_bad_input_stops_before_any_output(setup, tmp_path):
     untrained = tmp_path / "encoder-only"
     save_tiny_model(untrained, "Model")  # no task head: loading initialises a new one
     args = [*common, "--pruner.flops_reduction", "0.5", "--output_dir", str(tmp_path / "b"),
-            "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "logs")]  # fmt: skip
+            *csv_logger(tmp_path / "logs"), "--trainer.default_root_dir", str(tmp_path / "logs")]  # fmt: skip
     args[args.index(str(model))] = str(untrained)
     with pytest.raises(PruneError, match="newly initialised"):
         prune_main(args)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not list((tmp_path / "logs").rglob("metrics.csv"))  # refused before the dense model was validated
 
 
 def test_a_data_tokenizer_that_is_not_the_models_is_refused(setup, tmp_path):
