@@ -131,7 +131,7 @@ class EncoderLayout:
     """LayerNorm applied to that table before use (DeBERTa's ``encoder.LayerNorm``); normalised over kept dims."""
     relative_terms: tuple[str, ...] = ()
     """Score terms that read the relative table, as named in config ``relative_terms_attr`` (DeBERTa's ``c2p``,
-    ``p2c``): each projects every table row per head and multiplies it with the queries or keys (FLOPs)."""
+    ``p2c``): each scores every projected table row against the queries or keys of every head (FLOPs)."""
     relative_terms_attr: str | None = None
     """Config attribute listing the active relative terms (DeBERTa's ``pos_att_type``)."""
     requirements: tuple[ConfigRequirement, ...] = ()
