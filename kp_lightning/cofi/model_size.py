@@ -44,8 +44,8 @@ def encoder_size(
         The size, a float or a tensor (differentiable when the inputs are).
     """
     total = 0.0
+    p = position_projections
     for h, f, a, m in zip(heads, neurons, attention, ffn, strict=True):
-        p = position_projections
         total = total + a * h * ((4 + p) * head_size * hidden + (3 + p) * head_size) + 3 * hidden
         total = total + m * f * (2 * hidden + 1) + 3 * hidden
     return total

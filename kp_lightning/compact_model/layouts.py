@@ -138,6 +138,11 @@ class EncoderLayout:
     """Config settings the description above holds for (others are refused with the reason)."""
 
     @property
+    def head_projection_paths(self) -> tuple[str, ...]:
+        """Per-layer Linear layers whose output rows follow the heads: Q, K, V and any position projections."""
+        return (self.query, self.key, self.value, *self.position_projections)
+
+    @property
     def compact_model_type(self) -> str:
         """``model_type`` written into the config of a compact export."""
         return "kp_" + self.model_type

@@ -303,7 +303,7 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
             remove_attention(layer, layout, hidden)
         else:
             width = heads * head_size
-            for path in (layout.query, layout.key, layout.value, *layout.position_projections):
+            for path in layout.head_projection_paths:
                 if (head_projection := optional_module(layer, path)) is not None:
                     set_module(layer, path, _sized_linear(head_projection, hidden, width))
             out = get_module(layer, layout.attention_out)

@@ -102,6 +102,13 @@ class LayerView:
         return [m for p in self.layout.position_projections if (m := optional_module(self.module, p)) is not None]
 
     @property
+    def head_projections(self) -> list[nn.Linear]:
+        """The Linear layers whose output rows follow the heads: Q, K, V and the position projections."""
+        if not self.has_attention:
+            return []
+        return [self.query, self.key, self.value, *self.position_projections]
+
+    @property
     def ffn_up(self) -> nn.Module:
         return self._get(self.layout.ffn_up)
 

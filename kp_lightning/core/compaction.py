@@ -118,14 +118,13 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
         out = view.attention_out
         row_scale = (masks.attention[i] * hidden)[hid]
         if not heads:  # removed: LN(x + b), the bias scaled like the sublayer's output
-            if view.has_attention:
-                for module in (view.query, view.key, view.value, *view.position_projections):
-                    drop(module)
+            for module in view.head_projections:  # none when the sublayer is already removed
+                drop(module)
             drop(out)
             put(out, None, out.bias[hid] * row_scale)
         else:
             dims = _index([h * dh + j for h in heads for j in range(dh)], device)
-            for proj in (view.query, view.key, view.value, *view.position_projections):
+            for proj in view.head_projections:
                 put(proj, proj.weight[dims][:, hid], proj.bias[dims])
             col_scale = masks.head[i].repeat_interleave(dh)[dims]
             weight = out.weight[hid][:, dims] * col_scale * row_scale[:, None]

@@ -173,7 +173,7 @@ def fold_masks_dense(model: nn.Module, masks: StructuralMasks) -> nn.Module:
     for view in EncoderAdapter(dense).layers:
         i, dh = view.index, view.head_size
         head = masks.head[i].repeat_interleave(dh)
-        for proj in (view.query, view.key, view.value, *view.position_projections):
+        for proj in view.head_projections:
             proj.weight[head == 0] = 0
             proj.bias[head == 0] = 0
         view.attention_out.weight.mul_(head * masks.attention[i])

@@ -28,6 +28,11 @@ def head_flops(hidden_size: int, head_size: int, seq_len: int, position_rows: in
     return 6 * d * dh * n + 4 * n * n * dh + 2 * dh * n * d + 2 * dh * (projected_rows * d + position_rows * n)
 
 
+def shape_head_flops(shape: EncoderShape, seq_len: int) -> int:
+    """:func:`head_flops` of one head of an encoder of ``shape`` (its relative-position rows included)."""
+    return head_flops(shape.hidden_size, shape.head_size, seq_len, shape.position_rows, shape.position_projected_rows)
+
+
 def neuron_flops(hidden_size: int, seq_len: int) -> int:
     """FLOPs of one FFN neuron for one sequence."""
     return 4 * seq_len * hidden_size
@@ -35,7 +40,7 @@ def neuron_flops(hidden_size: int, seq_len: int) -> int:
 
 def encoder_flops(shape: EncoderShape, seq_len: int) -> int:
     """FLOPs of all encoder layers for one sequence."""
-    fh = head_flops(shape.hidden_size, shape.head_size, seq_len, shape.position_rows, shape.position_projected_rows)
+    fh = shape_head_flops(shape, seq_len)
     fn = neuron_flops(shape.hidden_size, seq_len)
     return sum(h * fh + n * fn for h, n in zip(shape.heads, shape.neurons, strict=True))
 

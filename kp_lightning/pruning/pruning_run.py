@@ -12,7 +12,7 @@ from torch import nn
 
 from ..core.adapter import EncoderAdapter
 from ..core.compaction import compact, original_structure
-from ..core.flops import encoder_flops, head_flops, neuron_flops
+from ..core.flops import encoder_flops, neuron_flops, shape_head_flops
 from ..core.masks import StructuralMasks
 from ..data.task_kinds import PRUNABLE_KINDS
 from .resources import MemoryTracker
@@ -71,10 +71,7 @@ class PruningRun:
         self.student = freeze(compact(model, StructuralMasks.ones(EncoderAdapter(model).shape())))
         self.shape = EncoderAdapter(self.student).shape()
         self.seq_len = seq_len or samples.mean_length
-        shape = self.shape
-        self.head_flops = head_flops(
-            shape.hidden_size, shape.head_size, self.seq_len, shape.position_rows, shape.position_projected_rows
-        )
+        self.head_flops = shape_head_flops(self.shape, self.seq_len)
         self.neuron_flops = neuron_flops(self.shape.hidden_size, self.seq_len)
         self.flops_dense = encoder_flops(self.shape, self.seq_len)
         self.seconds: dict[str, float] = defaultdict(float)
