@@ -31,7 +31,7 @@ needs_onnx = pytest.mark.skipif(
     reason=f"needs the [onnx] extra: pip install -e '.[onnx]' (missing: {', '.join(MISSING_ONNX) or 'none'})",
 )
 
-ARCHS = ("bert", "roberta", "distilbert", "xlm-roberta", "camembert", "electra", "mpnet", "deberta-v2")
+ARCHS = ("bert", "roberta", "distilbert", "xlm-roberta", "camembert", "electra", "mpnet", "deberta-v2", "modernbert")
 TASKS = ("ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification", "ForMaskedLM", "Model")
 PREFIX = {
     "bert": "Bert",
@@ -42,12 +42,13 @@ PREFIX = {
     "electra": "Electra",
     "mpnet": "MPNet",
     "deberta-v2": "DebertaV2",
+    "modernbert": "ModernBert",
 }
 
 
 EAGER_ONLY = {"mpnet", "deberta-v2"}  # architectures transformers implements with eager attention only
-# Compact cores keep the stock forward (no fused Q/K/V path for their attention math).
-STOCK_ATTENTION = {"mpnet", "deberta-v2"}
+# Compact cores keep the stock forward (no fused Q/K/V path for their attention math; ModernBERT's is fused).
+STOCK_ATTENTION = {"mpnet", "deberta-v2", "modernbert"}
 
 
 DEBERTA_V3 = {
@@ -68,6 +69,17 @@ DEBERTA_V2_SEPARATE_POSITION_KEYS = {
 }  # DeBERTa-v2's other settings: pos_key_proj / pos_query_proj per layer, absolute and token-type tables
 
 
+MODERNBERT = {
+    "global_attn_every_n_layers": 3,
+    "local_attention": 8,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "cls_token_id": 1,
+    "sep_token_id": 2,
+}
+
+
 def tiny_config(arch: str, attn_implementation: str = "eager", layers: int = 3, **overrides):
     """A 3-layer, 4-head, hidden-32 encoder of the given architecture (skips the test for an attention
     implementation the architecture does not have); ``overrides`` are further config settings."""
@@ -81,6 +93,8 @@ def tiny_config(arch: str, attn_implementation: str = "eager", layers: int = 3, 
         common["embedding_size"] = 24
     if arch == "deberta-v2":  # DeBERTa-v3's settings: shared Q/K for positions, log buckets, no absolute positions
         common = {**DEBERTA_V3, **common}
+    if arch == "modernbert":  # layers 1 and 2 attend within 4 tokens either side; special ids inside the vocab
+        common = {**MODERNBERT, **common}
     cls = getattr(transformers, PREFIX[arch] + "Config")
     return cls(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=37, **common)
 
@@ -94,7 +108,8 @@ def tiny_model(arch: str, task: str, attn_implementation: str = "eager", seed: i
         for module in model.modules():
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.1)
+                if module.bias is not None:  # ModernBERT's LayerNorms have none
+                    module.bias.normal_(0, 0.1)
     return model
 
 

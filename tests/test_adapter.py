@@ -22,9 +22,10 @@ def test_adapter_reads_every_supported_class(arch, task):
     assert shape.heads == (4, 4, 4)
     assert shape.neurons == (37, 37, 37)
     assert adapter.task == task
-    view = adapter.layers[0]
-    assert view.query.out_features == 32 and view.attention_out.in_features == 32
-    assert view.ffn_up.out_features == 37 and view.ffn_down.in_features == 37
+    view = adapter.layers[1]  # layer 0 of a pre-LN encoder may have an identity pre-norm
+    (first, blocks), *_ = view.head_projection_blocks
+    assert first.out_features == 32 * blocks and view.attention_out.in_features == 32
+    assert view.ffn_up.out_features == 37 * adapter.layout.neuron_row_blocks and view.ffn_down.in_features == 37
     assert isinstance(view.attention_norm, torch.nn.LayerNorm) and isinstance(view.ffn_norm, torch.nn.LayerNorm)
     assert adapter.hidden_size == 32 and isinstance(adapter.embedding_norm, torch.nn.LayerNorm)
     if arch == "electra":  # embedding_size 24: the stream starts at the projection to the hidden width

@@ -225,7 +225,8 @@ def test_gates_refuse_unknown_granularities_and_skip_unlearned_ones():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_zero_sublayer_gate_means_layernorm_of_the_input_in_training_eval_and_materialized(arch):
-    """Gate 0 on a post-LN sublayer scales its whole output (bias included) away: ``LN(x)`` everywhere."""
+    """Gate 0 on a post-LN sublayer scales its whole output (bias included) away: ``LN(x)`` everywhere (pre-LN:
+    the sublayer adds nothing to ``x``)."""
     model = tiny_model(arch, "ForSequenceClassification")
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -252,7 +253,7 @@ def test_a_zero_sublayer_gate_means_layernorm_of_the_input_in_training_eval_and_
                 x[..., hidden != 0],
                 (int((hidden != 0).sum()),),
                 view.attention_norm.weight[hidden != 0],
-                view.attention_norm.bias[hidden != 0],
+                None if view.attention_norm.bias is None else view.attention_norm.bias[hidden != 0],
                 view.attention_norm.eps,
             )
             * hidden[hidden != 0]

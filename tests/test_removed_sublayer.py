@@ -1,4 +1,5 @@
-"""A removed post-LayerNorm sublayer computes ``LN(x + b)`` in the masked model, the compact model and exports."""
+"""A removed post-LayerNorm sublayer computes ``LN(x + b)``, a removed pre-LayerNorm one ``x + b``, in the masked
+model, the compact model and exports."""
 
 import inspect
 import json
@@ -30,8 +31,23 @@ def by_hand(model, batch, attention_bias: bool, ffn_bias: bool) -> torch.Tensor:
         x = adapter.embedding_projection(x)
     b_att = view.attention_out.bias if attention_bias else torch.zeros_like(view.attention_out.bias)
     b_ffn = view.ffn_down.bias if ffn_bias else torch.zeros_like(view.ffn_down.bias)
+    if adapter.layout.pre_norm:  # the residual branches are constants; the final norm follows the layer
+        return adapter.final_norm(x + b_att + b_ffn)
     h = view.attention_norm(x + b_att)
     return view.ffn_norm(h + b_ffn)
+
+
+BIASES = {"modernbert": {"attention_bias": True, "mlp_bias": True, "norm_bias": True}}  # none by default
+
+
+def one_layer_model(arch):
+    """A 1-layer model whose output projections have random biases (for the architectures that have them)."""
+    model = tiny_model(arch, "Model", layers=1, **BIASES.get(arch, {}))
+    view = EncoderAdapter(model).layers[0]
+    with torch.no_grad():
+        for projection in (view.attention_out, view.ffn_down):
+            projection.bias.normal_(0, 0.5)
+    return model
 
 
 def units_removed(model) -> StructuralMasks:
@@ -46,7 +62,7 @@ def units_removed(model) -> StructuralMasks:
 @pytest.mark.parametrize("arch", ARCHS)
 @torch.no_grad()
 def test_removed_sublayers_keep_bias_and_layernorm_in_masked_and_compact_models(arch):
-    model = tiny_model(arch, "Model", layers=1)
+    model = one_layer_model(arch)
     batch = tiny_batch()
     expected = by_hand(model, batch, attention_bias=True, ffn_bias=True)
     masks = units_removed(model)
@@ -67,7 +83,7 @@ def test_removed_sublayers_keep_bias_and_layernorm_in_masked_and_compact_models(
 @torch.no_grad()
 def test_a_zero_sublayer_scale_also_scales_the_bias_away(arch):
     """A sublayer gate of 0 (CoFi) multiplies the whole output, bias included: ``LN(x)``."""
-    model = tiny_model(arch, "Model", layers=1)
+    model = one_layer_model(arch)
     batch = tiny_batch()
     expected = by_hand(model, batch, attention_bias=False, ffn_bias=False)
     masks = StructuralMasks.ones(EncoderAdapter(model).shape())
@@ -84,7 +100,7 @@ def test_removed_sublayers_reload_through_both_paths(tmp_path):
     batch = tiny_batch()
     tensors = dict(batch)
     for arch in ARCHS:
-        model = tiny_model(arch, "Model", layers=1)
+        model = one_layer_model(arch)
         with torch.no_grad():
             tensors[f"expected_{arch}"] = by_hand(model, batch, attention_bias=True, ffn_bias=True).contiguous()
         out = export_compact(model, tmp_path / arch, masks=units_removed(model))

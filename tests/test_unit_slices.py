@@ -64,7 +64,9 @@ def through_weight_masks(model, kind: str, batch) -> torch.Tensor:
 @pytest.mark.parametrize("kind", ["head", "neuron"])
 @torch.no_grad()
 def test_one_unit_zeroed_through_every_path_gives_the_same_outputs(arch, kind):
-    model = tiny_model(arch, "Model")  # the hidden states: every output dimension
+    # the hidden states: every output dimension; a gated neuron's effect is quadratic in the weights, so ModernBERT's
+    # 0.02 init would leave it near the tolerance
+    model = tiny_model(arch, "Model", **({"initializer_range": 0.1} if arch == "modernbert" else {}))
     batch = tiny_batch()
     dense = main_output(model(**batch))
     masks = zeroed_unit(model, kind)

@@ -128,8 +128,7 @@ class CoFiGates(nn.Module):
             attention=p["attention"][0],
             ffn=p["ffn"][0],
             hidden=p["hidden"][0].sum(),
-            head_size=self.shape.head_size,
-            position_projections=self.shape.position_projections,
+            shape=self.shape,
         )
 
     def expected_sparsity(self) -> torch.Tensor:

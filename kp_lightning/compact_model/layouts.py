@@ -23,6 +23,8 @@ class HeadLayout:
         lm_decoder: Vocabulary projection reading the transform output, usually tied to the word embeddings.
         choices: The model takes ``(batch, choices, seq)`` inputs and runs the encoder on them flattened to
             ``(batch·choices, seq)`` (multiple choice); FLOPs and latency count per flattened sequence.
+        token_outputs: Further Linear layers applied at every token that read a token reader's output, not the
+            hidden stream (ModernBERT's ``classifier`` after ``head.dense`` in QA and token classification): FLOPs.
     """
 
     token_readers: tuple[str, ...] = ()
@@ -31,12 +33,13 @@ class HeadLayout:
     lm_norm: str | None = None
     lm_decoder: str | None = None
     choices: bool = False
+    token_outputs: tuple[str, ...] = ()
 
     @property
     def token_level(self) -> tuple[str, ...]:
         """Head Linear layers applied at every token (the rest run once per sequence)."""
         extra = tuple(p for p in (self.lm_transform, self.lm_decoder) if p)
-        return self.token_readers + extra
+        return self.token_readers + self.token_outputs + extra
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,14 @@ class ConfigRequirement:
 
 @dataclass(frozen=True)
 class EncoderLayout:
-    """Module paths and config names of a post-LayerNorm BERT-style encoder."""
+    """Module paths and config names of a BERT-style encoder (post-LayerNorm unless ``pre_norm``).
+
+    What a unit owns: head ``h`` of ``H`` (size ``d_h``) owns rows ``b·H·d_h + h·d_h … + d_h`` of each head
+    projection for every row block ``b`` (one block in separate Q/K/V layers, three in a fused ``qkv``) and the
+    matching input columns of the attention output; FFN neuron ``j`` of ``I`` owns rows ``b·I + j`` of the up
+    projection (two blocks when ``gated_ffn``) and input column ``j`` of the down projection; hidden dim ``k``
+    owns column ``k`` of every layer that reads the stream and row ``k`` of every layer that writes it.
+    """
 
     model_type: str
     class_prefix: str
@@ -84,9 +94,9 @@ class EncoderLayout:
     embedding_norm: str
     layers: str
     attention_core: str
-    query: str
-    key: str
-    value: str
+    query: str | None
+    key: str | None
+    value: str | None
     attention_out: str
     attention_norm: str
     ffn_up: str
@@ -136,11 +146,37 @@ class EncoderLayout:
     """Config attribute listing the active relative terms (DeBERTa's ``pos_att_type``)."""
     requirements: tuple[ConfigRequirement, ...] = ()
     """Config settings the description above holds for (others are refused with the reason)."""
+    qkv: str | None = None
+    """One Linear holding Q, K and V as three row blocks ``[q | k | v]`` (ModernBERT's ``Wqkv``), instead of
+    ``query`` / ``key`` / ``value``."""
+    gated_ffn: bool = False
+    """The up projection holds two row blocks ``[input | gate]`` (ModernBERT's ``Wi``): neuron ``j`` owns rows
+    ``j`` and ``I + j``."""
+    ffn_core: str | None = None
+    """Module holding the FFN's up and down projections whose forward a removed FFN replaces (ModernBERT's
+    ``mlp``); without it the up projection is replaced by a zero-width stand-in."""
+    pre_norm: bool = False
+    """Pre-LayerNorm blocks: ``attention_norm`` / ``ffn_norm`` normalise each sublayer's input (the identity in
+    layers that have none: ModernBERT's layer 0), the residual sum ``x + f(LN(x))`` is not normalised, and
+    ``final_norm`` follows the last layer. A removed sublayer is then ``x + b``."""
+    final_norm: str | None = None
+    """LayerNorm after the last layer of a pre-LayerNorm encoder (encoder path)."""
 
     @property
     def head_projection_paths(self) -> tuple[str, ...]:
-        """Per-layer Linear layers whose output rows follow the heads: Q, K, V and any position projections."""
-        return (self.query, self.key, self.value, *self.position_projections)
+        """Per-layer Linear layers whose output rows follow the heads: Q, K, V (or the fused QKV) and any position
+        projections."""
+        own = (self.qkv,) if self.qkv else (self.query, self.key, self.value)
+        return (*own, *self.position_projections)
+
+    def head_row_blocks(self, path: str) -> int:
+        """Row blocks of the head projection at ``path``: 3 for a fused QKV, else 1."""
+        return 3 if path == self.qkv else 1
+
+    @property
+    def neuron_row_blocks(self) -> int:
+        """Row blocks of the FFN up projection: 2 when gated, else 1."""
+        return 2 if self.gated_ffn else 1
 
     @property
     def compact_model_type(self) -> str:
@@ -367,6 +403,56 @@ LAYOUTS["deberta-v2"] = replace(
             tasks=("ForMaskedLM",),
             reason="the non-legacy MLM head multiplies with the word embeddings inside its forward; only the legacy "
             "head (a decoder Linear, the default) is described",
+        ),
+    ),
+)
+
+
+_MODERNBERT_HEAD = "head.dense"  # ModernBertPredictionHead: dense -> activation -> norm, before every task head
+
+LAYOUTS["modernbert"] = EncoderLayout(
+    model_type="modernbert",
+    class_prefix="ModernBert",
+    config_class="ModernBertConfig",
+    base_prefix="model",
+    embedding_tables=("embeddings.tok_embeddings",),
+    embedding_norm="embeddings.norm",
+    layers="layers",
+    attention_core="attn",
+    query=None,
+    key=None,
+    value=None,
+    qkv="attn.Wqkv",
+    attention_out="attn.Wo",
+    attention_norm="attn_norm",
+    ffn_core="mlp",
+    ffn_up="mlp.Wi",
+    ffn_down="mlp.Wo",
+    ffn_norm="mlp_norm",
+    gated_ffn=True,
+    pre_norm=True,
+    final_norm="final_norm",
+    hidden_size_attr="hidden_size",
+    num_heads_attr="num_attention_heads",
+    intermediate_size_attr="intermediate_size",
+    num_layers_attr="num_hidden_layers",
+    pooler=None,
+    heads={
+        "Model": HeadLayout(),
+        "ForSequenceClassification": HeadLayout(sequence_readers=(_MODERNBERT_HEAD,)),
+        "ForQuestionAnswering": HeadLayout(token_readers=(_MODERNBERT_HEAD,), token_outputs=("classifier",)),
+        "ForTokenClassification": HeadLayout(token_readers=(_MODERNBERT_HEAD,), token_outputs=("classifier",)),
+        "ForMultipleChoice": HeadLayout(sequence_readers=(_MODERNBERT_HEAD,), choices=True),
+        "ForMaskedLM": HeadLayout(lm_transform=_MODERNBERT_HEAD, lm_norm="head.norm", lm_decoder="decoder"),
+    },
+    requirements=(
+        ConfigRequirement(
+            "sparse_prediction",
+            supported=(False,),
+            default=False,
+            tasks=("ForMaskedLM",),
+            reason="with labels, the sparse-prediction MLM head returns logits at the masked tokens only, and "
+            "distillation compares every token",
         ),
     ),
 )

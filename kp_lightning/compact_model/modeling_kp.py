@@ -47,16 +47,22 @@ class ZeroLinear(nn.Module):
 
 
 class RemovedProjection(nn.Module):
-    """Output projection of a removed sublayer: no weight, its bias returned at every position."""
+    """Output projection of a removed sublayer: no weight, its bias returned at every position (zeros when the
+    projection had no bias)."""
 
     in_features = 0
 
-    def __init__(self, out_features: int, device=None, dtype=None):
+    def __init__(self, out_features: int, device=None, dtype=None, bias: bool = True):
         super().__init__()
         self.out_features = out_features
-        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return x.new_zeros(*x.shape[:-1], self.out_features)
         # A broadcast view, not a copy (consumers, dropout, ``x + b`` and mask hooks, work out of place). Without
         # grad mode it is taken of a detached bias: a view of a leaf made there would claim requires_grad with no
         # grad_fn, which autograd hooks on module outputs (torch's ModuleTracker) reject.
@@ -81,6 +87,19 @@ class RemovedMHA(nn.Module):
         if self.output_name is None:
             return empty, None
         return getattr(self, self.output_name)(empty), None
+
+
+class RemovedFFN(nn.Module):
+    """Stands in for the FFN core (the module holding the up and down projections, ``layout.ffn_core``) of a removed
+    FFN sublayer: returns the constant output of its down projection (set by the caller, a
+    :class:`RemovedProjection` named ``output_name``)."""
+
+    def __init__(self, output_name: str):
+        super().__init__()
+        self.output_name = output_name
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return getattr(self, self.output_name)(hidden_states.new_zeros(*hidden_states.shape[:-1], 0))
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -135,6 +154,8 @@ def install_fused_qkv(model: nn.Module, layout: EncoderLayout) -> int:
     A core that already has an instance-level ``forward``, or whose stock code is not the expected one, is
     left alone.
     """
+    if layout.qkv:  # already one Q/K/V GEMM
+        return 0
     names = tuple(_relative(path, layout.attention_core) for path in (layout.query, layout.key, layout.value))
     output_name = _relative(layout.attention_out, layout.attention_core) if attention_out_inside_core(layout) else None
     installed = 0
@@ -162,8 +183,17 @@ def _sized_linear(old: nn.Module, in_features: int, out_features: int) -> nn.Lin
     return nn.Linear(in_features, out_features, bias=old.bias is not None, device=ref.device, dtype=ref.dtype)
 
 
-def _sized_norm(old: nn.LayerNorm, size: int) -> nn.LayerNorm:
-    return nn.LayerNorm(size, eps=old.eps, elementwise_affine=True, device=old.weight.device, dtype=old.weight.dtype)
+def _sized_norm(old: nn.Module, size: int) -> nn.Module:
+    """A LayerNorm like ``old`` of width ``size`` (an identity pre-norm stays the identity)."""
+    if not isinstance(old, nn.LayerNorm):
+        return old
+    ref = old.weight
+    return nn.LayerNorm(size, eps=old.eps, bias=old.bias is not None, device=ref.device, dtype=ref.dtype)
+
+
+def _resize_norm(root: nn.Module, path: str | None, size: int) -> None:
+    if (norm := optional_module(root, path)) is not None:
+        set_module(root, path, _sized_norm(norm, size))
 
 
 def _sized_embedding(old: nn.Embedding, dim: int) -> nn.Embedding:
@@ -171,9 +201,12 @@ def _sized_embedding(old: nn.Embedding, dim: int) -> nn.Embedding:
     return nn.Embedding(old.num_embeddings, dim, padding_idx=old.padding_idx, device=ref.device, dtype=ref.dtype)
 
 
-def _removed_projection(layer: nn.Module, norm_path: str, hidden: int) -> RemovedProjection:
-    ref = get_module(layer, norm_path).weight
-    return RemovedProjection(hidden, device=ref.device, dtype=ref.dtype)
+def _removed_projection(layer: nn.Module, path: str, hidden: int) -> RemovedProjection:
+    """The stand-in for the output projection at ``path`` (a Linear, or an already removed projection)."""
+    old = get_module(layer, path)
+    ref = next(old.parameters(), None)
+    kwargs = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+    return RemovedProjection(hidden, bias=old.bias is not None, **kwargs)
 
 
 class HeadBiasSelection:
@@ -243,20 +276,27 @@ def original_heads(config, layer: int, heads: int, total: int) -> list[int]:
 
 
 def remove_attention(layer: nn.Module, layout: EncoderLayout, hidden: int) -> None:
-    """Replace a layer's attention sublayer by ``LN(x + b)``: no Q/K/V, a constant output bias (the LayerNorm stays)."""
+    """Replace a layer's attention sublayer by ``LN(x + b)`` (pre-LN: ``x + b``): no Q/K/V, a constant output bias
+    (the LayerNorm stays)."""
     inside = attention_out_inside_core(layout)
+    removed = _removed_projection(layer, layout.attention_out, hidden)
     set_module(
         layer,
         layout.attention_core,
         RemovedMHA(_relative(layout.attention_out, layout.attention_core) if inside else None),
     )
-    set_module(layer, layout.attention_out, _removed_projection(layer, layout.attention_norm, hidden))
+    set_module(layer, layout.attention_out, removed)
 
 
 def remove_ffn(layer: nn.Module, layout: EncoderLayout, hidden: int) -> None:
-    """Replace a layer's FFN sublayer by ``LN(x + b)``: no up projection, a constant output bias (LayerNorm stays)."""
-    set_module(layer, layout.ffn_up, ZeroLinear(0))
-    set_module(layer, layout.ffn_down, _removed_projection(layer, layout.ffn_norm, hidden))
+    """Replace a layer's FFN sublayer by ``LN(x + b)`` (pre-LN: ``x + b``): no up projection, a constant output bias
+    (the LayerNorm stays)."""
+    removed = _removed_projection(layer, layout.ffn_down, hidden)
+    if layout.ffn_core:
+        set_module(layer, layout.ffn_core, RemovedFFN(_relative(layout.ffn_down, layout.ffn_core)))
+    else:
+        set_module(layer, layout.ffn_up, ZeroLinear(0))
+    set_module(layer, layout.ffn_down, removed)
 
 
 def check_removed_sublayer_semantics(structure: dict) -> None:
@@ -288,7 +328,8 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
         for path in layout.embedding_tables:
             if (table := optional_module(base, path)) is not None:
                 set_module(base, path, _sized_embedding(table, hidden))
-        set_module(base, layout.embedding_norm, _sized_norm(get_module(base, layout.embedding_norm), hidden))
+        _resize_norm(base, layout.embedding_norm, hidden)
+    _resize_norm(base, layout.final_norm, hidden)
     relative = optional_module(base, layout.relative_embeddings)
     if relative is not None:  # a second hidden-stream source, read by every layer's projections
         set_module(base, layout.relative_embeddings, _sized_embedding(relative, hidden))
@@ -305,17 +346,19 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
             width = heads * head_size
             for path in layout.head_projection_paths:
                 if (head_projection := optional_module(layer, path)) is not None:
-                    set_module(layer, path, _sized_linear(head_projection, hidden, width))
+                    rows = width * layout.head_row_blocks(path)
+                    set_module(layer, path, _sized_linear(head_projection, hidden, rows))
             out = get_module(layer, layout.attention_out)
             set_module(layer, layout.attention_out, _sized_linear(out, width, hidden))
             resize_attention_core(get_module(layer, layout.attention_core), layout, model.config, index, heads, width)
-        set_module(layer, layout.attention_norm, _sized_norm(get_module(layer, layout.attention_norm), hidden))
+        _resize_norm(layer, layout.attention_norm, hidden)
         if neurons == 0:
             remove_ffn(layer, layout, hidden)
         else:
-            set_module(layer, layout.ffn_up, _sized_linear(get_module(layer, layout.ffn_up), hidden, neurons))
+            rows = neurons * layout.neuron_row_blocks
+            set_module(layer, layout.ffn_up, _sized_linear(get_module(layer, layout.ffn_up), hidden, rows))
             set_module(layer, layout.ffn_down, _sized_linear(get_module(layer, layout.ffn_down), neurons, hidden))
-        set_module(layer, layout.ffn_norm, _sized_norm(get_module(layer, layout.ffn_norm), hidden))
+        _resize_norm(layer, layout.ffn_norm, hidden)
     head = layout.heads[task_of(model, layout)]
     readers = [layout.pooler] if layout.pooler and getattr(base, "pooler", None) is not None else []
     for path in readers:
@@ -329,7 +372,7 @@ def resize_to_structure(model: nn.Module, layout: EncoderLayout, structure: dict
         set_module(model, head.lm_transform, _sized_linear(transform, hidden, transform.out_features))
     elif head.lm_transform:
         set_module(model, head.lm_transform, _sized_linear(get_module(model, head.lm_transform), hidden, hidden))
-        set_module(model, head.lm_norm, _sized_norm(get_module(model, head.lm_norm), hidden))
+        _resize_norm(model, head.lm_norm, hidden)
         decoder = get_module(model, head.lm_decoder)
         set_module(model, head.lm_decoder, _sized_linear(decoder, hidden, decoder.out_features))
 

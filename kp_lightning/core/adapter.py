@@ -39,17 +39,34 @@ class EncoderShape:
     """Relative-position rows each head projects per forward, over all projections that read the table."""
     position_projections: int = 0
     """Extra per-head projections (weights and biases) a layer has beyond Q/K/V (DeBERTa's ``pos_*_proj``)."""
+    neuron_row_blocks: int = 1
+    """Rows each FFN neuron owns in the up projection (2 in a gated FFN: ModernBERT)."""
+    attention_bias: bool = True
+    """The attention projections have biases."""
+    ffn_bias: bool = True
+    """The FFN projections have biases."""
+    norm_bias: bool = True
+    """The LayerNorms have biases."""
+    unnormed_attention_layers: tuple[int, ...] = ()
+    """Layers whose attention sublayer has no LayerNorm (ModernBERT's layer 0: its pre-norm is the identity)."""
 
     @property
     def num_layers(self) -> int:
         return len(self.heads)
 
 
+def unit_rows(units: list[int], total: int, size: int, blocks: int = 1) -> list[int]:
+    """Rows that ``units`` (of ``total`` units of ``size`` rows each) own in a projection of ``blocks`` row blocks,
+    block by block: ``[b·total·size + u·size + r]`` (a fused QKV keeps ``[q | k | v]``, a gated FFN
+    ``[input | gate]``)."""
+    return [b * total * size + u * size + r for b in range(blocks) for u in units for r in range(size)]
+
+
 class LayerView:
     """The prunable parts of one encoder layer.
 
     A removed sublayer has no Q/K/V (or up projection); its output projection is a
-    :class:`RemovedProjection` (a constant bias) and its LayerNorm is still there.
+    :class:`RemovedProjection` (a constant bias, or zeros without one) and its LayerNorm is still there.
     """
 
     def __init__(self, index: int, module: nn.Module, layout: EncoderLayout, head_size: int):
@@ -103,14 +120,41 @@ class LayerView:
 
     @property
     def head_projections(self) -> list[nn.Linear]:
-        """The Linear layers whose output rows follow the heads: Q, K, V and the position projections."""
-        if not self.has_attention:
-            return []
-        return [self.query, self.key, self.value, *self.position_projections]
+        """The Linear layers whose output rows follow the heads: Q, K, V (or the fused QKV) and the position
+        projections."""
+        return [m for m, _ in self.head_projection_blocks]
 
     @property
-    def ffn_up(self) -> nn.Module:
-        return self._get(self.layout.ffn_up)
+    def head_projection_blocks(self) -> list[tuple[nn.Linear, int]]:
+        """Each head projection with its number of row blocks (3 for a fused QKV, else 1)."""
+        if not self.has_attention:
+            return []
+        return [
+            (m, self.layout.head_row_blocks(p))
+            for p in self.layout.head_projection_paths
+            if (m := optional_module(self.module, p)) is not None
+        ]
+
+    def head_rows(self, heads: list[int], projection_blocks: int) -> list[int]:
+        """Rows ``heads`` own in a head projection of ``projection_blocks`` row blocks."""
+        return unit_rows(heads, self.num_heads, self.head_size, projection_blocks)
+
+    def neuron_rows(self, neurons: list[int]) -> list[int]:
+        """Rows ``neurons`` own in the FFN up projection."""
+        return unit_rows(neurons, self.num_neurons, 1, self.layout.neuron_row_blocks)
+
+    def sum_input(self, kind: str) -> nn.Module | None:
+        """The module whose first input is the residual sum of sublayer ``kind`` (``"attention"`` or ``"ffn"``),
+        or None when that sum is the layer's output: post-LN, the sublayer's LayerNorm; pre-LN, the FFN's
+        pre-norm for the attention sum, the layer output for the FFN sum."""
+        if not self.layout.pre_norm:
+            return self.attention_norm if kind == "attention" else self.ffn_norm
+        return self.ffn_norm if kind == "attention" else None
+
+    @property
+    def ffn_up(self) -> nn.Module | None:
+        """The up projection (None in a removed FFN whose core was replaced)."""
+        return optional_module(self.module, self.layout.ffn_up)
 
     @property
     def ffn_down(self) -> nn.Module:
@@ -126,7 +170,7 @@ class LayerView:
 
     @property
     def num_neurons(self) -> int:
-        return self.ffn_up.out_features if self.has_ffn else 0
+        return self.ffn_up.out_features // self.layout.neuron_row_blocks if self.has_ffn else 0
 
 
 class EncoderAdapter:
@@ -214,6 +258,11 @@ class EncoderAdapter:
         return get_module(self.base, self.layout.embedding_norm)
 
     @property
+    def final_norm(self) -> nn.LayerNorm | None:
+        """The LayerNorm after the last layer of a pre-LayerNorm encoder, when the model has one."""
+        return optional_module(self.base, self.layout.final_norm)
+
+    @property
     def embedding_projection(self) -> nn.Linear | None:
         """The Linear from the embedding width to the hidden stream, when the model has one (ELECTRA)."""
         path = self.layout.embedding_projection
@@ -267,6 +316,13 @@ class EncoderAdapter:
             position_rows=rows * terms,
             position_projected_rows=rows * projections,
             position_projections=own,
+            neuron_row_blocks=self.layout.neuron_row_blocks,
+            attention_bias=self.layers[0].attention_out.bias is not None,
+            ffn_bias=self.layers[0].ffn_down.bias is not None,
+            norm_bias=getattr(self.embedding_norm, "bias", None) is not None,
+            unnormed_attention_layers=tuple(
+                layer.index for layer in self.layers if not isinstance(layer.attention_norm, nn.LayerNorm)
+            ),
         )
 
     def _configured_projections(self) -> int:

@@ -94,8 +94,12 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
         for key in [k for k in state if k.startswith(prefix)]:
             del state[key]
 
-    def norm(module: nn.LayerNorm) -> None:
-        put(module, (module.weight * hidden)[hid], (module.bias * hidden)[hid])
+    def scaled(bias: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor | None:
+        return None if bias is None else bias[hid] * scale
+
+    def norm(module: nn.Module | None) -> None:
+        if isinstance(module, nn.LayerNorm):  # an identity pre-norm has nothing to fold
+            put(module, (module.weight * hidden)[hid], scaled(module.bias, hidden[hid]))
 
     def reader(module: nn.Linear) -> None:
         put(module, module.weight[:, hid], module.bias)
@@ -117,31 +121,35 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
         i, dh = view.index, view.head_size
         out = view.attention_out
         row_scale = (masks.attention[i] * hidden)[hid]
-        if not heads:  # removed: LN(x + b), the bias scaled like the sublayer's output
+        if not heads:  # removed: LN(x + b) (pre-LN: x + b), the bias scaled like the sublayer's output
             for module in view.head_projections:  # none when the sublayer is already removed
                 drop(module)
             drop(out)
-            put(out, None, out.bias[hid] * row_scale)
+            put(out, None, scaled(out.bias, row_scale))
         else:
-            dims = _index([h * dh + j for h in heads for j in range(dh)], device)
-            for proj in view.head_projections:
-                put(proj, proj.weight[dims][:, hid], proj.bias[dims])
+            for proj, blocks in view.head_projection_blocks:
+                rows = _index(view.head_rows(heads, blocks), device)
+                put(proj, proj.weight[rows][:, hid], None if proj.bias is None else proj.bias[rows])
+            dims = _index(view.head_rows(heads, 1), device)
             col_scale = masks.head[i].repeat_interleave(dh)[dims]
             weight = out.weight[hid][:, dims] * col_scale * row_scale[:, None]
-            put(out, weight, out.bias[hid] * row_scale)
+            put(out, weight, scaled(out.bias, row_scale))
         norm(view.attention_norm)
         up, down = view.ffn_up, view.ffn_down
         row_scale = (masks.ffn[i] * hidden)[hid]
         if not neurons:
-            drop(up)
+            if up is not None:  # None when the FFN core is already removed
+                drop(up)
             drop(down)
-            put(down, None, down.bias[hid] * row_scale)
+            put(down, None, scaled(down.bias, row_scale))
         else:
+            rows = _index(view.neuron_rows(neurons), device)
+            put(up, up.weight[rows][:, hid], None if up.bias is None else up.bias[rows])
             kept = _index(neurons, device)
-            put(up, up.weight[kept][:, hid], up.bias[kept])
             weight = down.weight[hid][:, kept] * masks.neuron[i][kept] * row_scale[:, None]
-            put(down, weight, down.bias[hid] * row_scale)
+            put(down, weight, scaled(down.bias, row_scale))
         norm(view.ffn_norm)
+    norm(adapter.final_norm)
 
     for module in adapter.stream_readers():
         reader(module)
@@ -150,9 +158,9 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
         reader(model.get_submodule(head.lm_transform))
     elif head.lm_transform:
         transform = model.get_submodule(head.lm_transform)
-        put(transform, transform.weight[hid][:, hid], transform.bias[hid])
+        put(transform, transform.weight[hid][:, hid], None if transform.bias is None else transform.bias[hid])
         lm_norm = model.get_submodule(head.lm_norm)
-        put(lm_norm, lm_norm.weight[hid], lm_norm.bias[hid])
+        put(lm_norm, lm_norm.weight[hid], None if lm_norm.bias is None else lm_norm.bias[hid])
         decoder = model.get_submodule(head.lm_decoder)
         put(decoder, decoder.weight[:, hid])
     return state

@@ -171,19 +171,27 @@ def fold_masks_dense(model: nn.Module, masks: StructuralMasks) -> nn.Module:
         raise ExportError("hidden-dimension masks cannot be expressed in a stock model; use export_compact")
     dense = copy.deepcopy(model)
     for view in EncoderAdapter(dense).layers:
-        i, dh = view.index, view.head_size
-        head = masks.head[i].repeat_interleave(dh)
-        for proj in view.head_projections:
-            proj.weight[head == 0] = 0
-            proj.bias[head == 0] = 0
-        view.attention_out.weight.mul_(head * masks.attention[i])
-        view.attention_out.bias.mul_(masks.attention[i])
-        neuron = masks.neuron[i]
-        view.ffn_up.weight[neuron == 0] = 0
-        view.ffn_up.bias[neuron == 0] = 0
-        view.ffn_down.weight.mul_(neuron * masks.ffn[i])
-        view.ffn_down.bias.mul_(masks.ffn[i])
+        i = view.index
+        pruned_heads = torch.nonzero(masks.head[i] == 0).flatten().tolist()
+        for proj, blocks in view.head_projection_blocks:
+            rows = view.head_rows(pruned_heads, blocks)
+            proj.weight[rows] = 0
+            if proj.bias is not None:
+                proj.bias[rows] = 0
+        _scale_output(view.attention_out, masks.head[i].repeat_interleave(view.head_size), masks.attention[i])
+        pruned_neurons = view.neuron_rows(torch.nonzero(masks.neuron[i] == 0).flatten().tolist())
+        view.ffn_up.weight[pruned_neurons] = 0
+        if view.ffn_up.bias is not None:
+            view.ffn_up.bias[pruned_neurons] = 0
+        _scale_output(view.ffn_down, masks.neuron[i], masks.ffn[i])
     return dense
+
+
+def _scale_output(projection: nn.Linear, columns: torch.Tensor, sublayer: torch.Tensor) -> None:
+    """Fold unit values (per input column) and the sublayer scale into an output projection."""
+    projection.weight.mul_(columns * sublayer)
+    if projection.bias is not None:
+        projection.bias.mul_(sublayer)
 
 
 def export_dense(

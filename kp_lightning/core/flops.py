@@ -4,8 +4,9 @@ Per sequence of length ``n``, hidden width ``d`` and head size ``d_h`` (kprune.m
 multiply-accumulate of the matrix products; embeddings, LayerNorm, biases and softmax are ignored::
 
     F_head   = 3·2·d·d_h·n + 2·2·n²·d_h + 2·d_h·n·d  (+ 2·d_h·(P·d + R·n))
-    F_neuron = 2·2·n·d
+    F_neuron = 2·(g+1)·n·d
 
+``g`` is the number of rows a neuron owns in the up projection (2 in a gated FFN: ModernBERT).
 The bracketed term is relative-position attention (DeBERTa): each head projects ``P`` table rows (summed over
 the projections that read the table, ``EncoderShape.position_projected_rows``) and scores ``R`` rows against
 every query or key (summed over the c2p / p2c terms, ``EncoderShape.position_rows``). The projection is
@@ -33,15 +34,20 @@ def shape_head_flops(shape: EncoderShape, seq_len: int) -> int:
     return head_flops(shape.hidden_size, shape.head_size, seq_len, shape.position_rows, shape.position_projected_rows)
 
 
-def neuron_flops(hidden_size: int, seq_len: int) -> int:
-    """FLOPs of one FFN neuron for one sequence."""
-    return 4 * seq_len * hidden_size
+def neuron_flops(hidden_size: int, seq_len: int, up_rows: int = 1) -> int:
+    """FLOPs of one FFN neuron for one sequence (``up_rows``: its rows in the up projection, 2 when gated)."""
+    return 2 * (up_rows + 1) * seq_len * hidden_size
+
+
+def shape_neuron_flops(shape: EncoderShape, seq_len: int) -> int:
+    """:func:`neuron_flops` of one FFN neuron of an encoder of ``shape``."""
+    return neuron_flops(shape.hidden_size, seq_len, shape.neuron_row_blocks)
 
 
 def encoder_flops(shape: EncoderShape, seq_len: int) -> int:
     """FLOPs of all encoder layers for one sequence."""
     fh = shape_head_flops(shape, seq_len)
-    fn = neuron_flops(shape.hidden_size, seq_len)
+    fn = shape_neuron_flops(shape, seq_len)
     return sum(h * fh + n * fn for h, n in zip(shape.heads, shape.neurons, strict=True))
 
 

@@ -9,10 +9,13 @@ Where each mask acts (the same semantics :func:`compact` reproduces with smaller
 * hidden mask: every residual-stream LayerNorm normalises over the non-zero dims only and its output is scaled
   by the mask, so pruned dims stay exactly zero; so does the LayerNorm of a relative-position table read by the
   attention projections (DeBERTa); the MLM transform LayerNorm also normalises over kept dims;
+* pre-LayerNorm blocks (ModernBERT): each pre-norm and the final norm normalise over the kept dims and are
+  scaled by the mask like the others (an identity pre-norm gets no hook: its input is already masked);
 * nothing special happens to a removed sublayer (scale 0 or no unit left): the output projection then
-  returns its bias times the scale, so a post-LayerNorm sublayer computes ``LN(x + s·b)``, which is what a
-  compacted model keeps of it (:class:`~kp_lightning.compact_model.modeling_kp.RemovedProjection`).
-  Hooks are attached to the output projections and LayerNorms of already-removed sublayers too.
+  returns its bias times the scale, so a post-LayerNorm sublayer computes ``LN(x + s·b)`` and a pre-LayerNorm
+  one ``x + s·b``, which is what a compacted model keeps of it
+  (:class:`~kp_lightning.compact_model.modeling_kp.RemovedProjection`). Hooks are attached to the output
+  projections and LayerNorms of already-removed sublayers too.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def masked_layer_norm(norm: nn.LayerNorm, x: torch.Tensor, hidden: torch.Tensor,
     """LayerNorm over the dims where ``hidden`` is non-zero; zeros elsewhere; optionally scaled by ``hidden``."""
     kept = torch.nonzero(hidden != 0).flatten()
     out = x.new_zeros(x.shape)
-    normed = F.layer_norm(x.index_select(-1, kept), (kept.numel(),), norm.weight[kept], norm.bias[kept], norm.eps)
+    bias = None if norm.bias is None else norm.bias[kept]
+    normed = F.layer_norm(x.index_select(-1, kept), (kept.numel(),), norm.weight[kept], bias, norm.eps)
     out = out.index_copy(-1, kept, normed)
     return out * hidden if scale else out
 
@@ -83,10 +87,13 @@ def attach_masks(model: nn.Module, masks: StructuralMasks) -> MaskHandle:
         i = view.index
         handle.add(view.attention_out.register_forward_pre_hook(_head_scale(masks, i, view.head_size)))
         handle.add(view.attention_out.register_forward_hook(_output_scale(masks, i, "attention")))
-        handle.add(view.attention_norm.register_forward_hook(_sublayer_norm(masks)))
         handle.add(view.ffn_down.register_forward_pre_hook(_neuron_scale(masks, i)))
         handle.add(view.ffn_down.register_forward_hook(_output_scale(masks, i, "ffn")))
-        handle.add(view.ffn_norm.register_forward_hook(_sublayer_norm(masks)))
+        for norm in (view.attention_norm, view.ffn_norm):
+            if isinstance(norm, nn.LayerNorm):  # not an identity pre-norm
+                handle.add(norm.register_forward_hook(_sublayer_norm(masks)))
+    if adapter.final_norm is not None:
+        handle.add(adapter.final_norm.register_forward_hook(_sublayer_norm(masks)))
     projection = adapter.embedding_projection
     if projection is not None:  # the stream starts at a Linear: its output dims are the hidden dims
         handle.add(projection.register_forward_hook(_stream_scale(masks)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from kp_lightning.errors import KPError
@@ -117,7 +117,7 @@ class EncoderStructure:
                 "head_size": self.shape.head_size,
                 "heads": list(self.shape.heads),
                 "neurons": list(self.shape.neurons),
-                **_position_fields(self.shape),
+                **_architecture_fields(self.shape),
             },
             "kept": self.kept_counts(),
             "attention_kept": self.attention_kept,
@@ -140,14 +140,13 @@ class EncoderStructure:
             )
         try:
             s = data["shape"]
+            extra = {
+                name: type(default)(s[name]) if not isinstance(default, tuple) else tuple(s[name])
+                for name, default in _ARCHITECTURE_DEFAULTS.items()
+                if name in s
+            }
             shape = EncoderShape(
-                int(s["hidden_size"]),
-                int(s["head_size"]),
-                tuple(s["heads"]),
-                tuple(s["neurons"]),
-                position_rows=int(s.get("position_rows", 0)),
-                position_projected_rows=int(s.get("position_projected_rows", 0)),
-                position_projections=int(s.get("position_projections", 0)),
+                int(s["hidden_size"]), int(s["head_size"]), tuple(s["heads"]), tuple(s["neurons"]), **extra
             )
             record = cls(shape=shape, heads=data["heads"], neurons=data["neurons"], hidden=data["hidden"])
         except (KeyError, TypeError) as err:
@@ -165,14 +164,20 @@ class EncoderStructure:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def _position_fields(shape: EncoderShape) -> dict:
-    """The relative-position sizes of a shape, written only where an architecture has them."""
-    fields = {
-        "position_rows": shape.position_rows,
-        "position_projected_rows": shape.position_projected_rows,
-        "position_projections": shape.position_projections,
-    }
-    return {k: v for k, v in fields.items() if v}
+_ARCHITECTURE_DEFAULTS = {
+    f.name: f.default for f in fields(EncoderShape) if f.name not in ("hidden_size", "head_size", "heads", "neurons")
+}
+
+
+def _architecture_fields(shape: EncoderShape) -> dict:
+    """The shape's architecture-specific sizes (relative positions, gating, biases, LayerNorms), written only where
+    they differ from a BERT layer's."""
+    out = {}
+    for name, default in _ARCHITECTURE_DEFAULTS.items():
+        value = getattr(shape, name)
+        if value != default:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def _check_indices(indices: list[int], size: int, where: str) -> None:

@@ -27,6 +27,7 @@ from kp_lightning.embedding.pooling import sentence_embeddings
 from kp_lightning.errors import ConfigError
 
 from ..core.adapter import EncoderAdapter
+from .layer_stream import layer_hidden
 
 ATTENTION, FFN = "attention", "ffn"
 
@@ -112,9 +113,9 @@ def output_projection(adapter: EncoderAdapter, sub: Sublayer) -> nn.Linear:
     return view.attention_out if sub.kind == ATTENTION else view.ffn_down
 
 
-def sublayer_norm(adapter: EncoderAdapter, sub: Sublayer) -> nn.Module:
-    view = adapter.layers[sub.layer]
-    return view.attention_norm if sub.kind == ATTENTION else view.ffn_norm
+def sum_input(adapter: EncoderAdapter, sub: Sublayer) -> nn.Module | None:
+    """Where the sublayer's residual sum is read (:meth:`LayerView.sum_input`; None: the layer output)."""
+    return adapter.layers[sub.layer].sum_input(sub.kind)
 
 
 def present(adapter: EncoderAdapter, sub: Sublayer) -> bool:
@@ -160,7 +161,12 @@ class KnowledgeProbe:
         for s in self.subs:
             self._handles.append(output_projection(self.adapter, s).register_forward_pre_hook(self._mask_hook(s)))
         if self.target in self.masks:
-            self._handles.append(sublayer_norm(self.adapter, self.target).register_forward_pre_hook(self._norm_hook))
+            reader = sum_input(self.adapter, self.target)
+            if reader is not None:
+                self._handles.append(reader.register_forward_pre_hook(self._norm_hook))
+            else:  # the sum is the layer's output
+                layer = self.adapter.encoder_modules()[self.target.layer]
+                self._handles.append(layer.register_forward_hook(lambda m, args, out: self._norm_hook(m, (out,))))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -181,10 +187,10 @@ class KnowledgeProbe:
         return hook
 
     def _norm_hook(self, module, args):
-        """Accumulate the target's normal equations from the pre-LN sum ``S = X_S + W·a + b``."""
+        """Accumulate the target's normal equations from the residual sum ``S = X_S + W·a + b``."""
         proj = output_projection(self.adapter, self.target)
         a = self._target_input[self.token_mask].float()
-        s = args[0].detach()[self.token_mask].float()
+        s = layer_hidden(args[0]).detach()[self.token_mask].float()
         y = self.teacher_sum[self.token_mask].float()
         b = y - s + a @ proj.weight.detach().float().T  # = Y_T − X_S − bias
         gram, rhs = (a.T @ a).double(), (a.T @ b).double()  # per-batch products in fp32, sums in fp64

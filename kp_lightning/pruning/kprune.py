@@ -132,13 +132,14 @@ def kprune(
     return run.result(student)
 
 
-def _norm_modules(adapter: EncoderAdapter, layer: int) -> dict[str, nn.Module]:
+def _norm_modules(adapter: EncoderAdapter, layer: int) -> dict[str, nn.Module | None]:
+    """Where the layer's kept sublayers' residual sums are read (:meth:`LayerView.sum_input`)."""
     view = adapter.layers[layer]
     capture = {}
     if view.has_attention:
-        capture["attention"] = view.attention_norm
+        capture["attention"] = view.sum_input("attention")
     if view.has_ffn:
-        capture["ffn"] = view.ffn_norm
+        capture["ffn"] = view.sum_input("ffn")
     return capture
 
 

@@ -62,7 +62,7 @@ def tune_mask_scales(
         targets = {}
         with attach_masks(model, assistant):
             for i, batch in samples.batches():
-                capture = {"attention": view.attention_norm, "ffn": view.ffn_norm}
+                capture = {kind: view.sum_input(kind) for kind in ("attention", "ffn")}
                 teacher_hidden[i], targets[i] = layer_outputs(
                     model, layer, teacher_hidden[i], samples.model_inputs(batch), capture
                 )
@@ -90,7 +90,7 @@ def tune_mask_scales(
 def _layer_system(model, view, kind, kept, samples, student_hidden, targets, masks, cls_only):
     """Accumulate ``AᵀA`` and ``AᵀB`` over the sample set for one sublayer's kept units plus a ones column."""
     proj = view.attention_out if kind == "attention" else view.ffn_down
-    norm = view.attention_norm if kind == "attention" else view.ffn_norm
+    norm = view.sum_input(kind)  # where the residual sum is read (None: the layer output)
     weight = proj.weight.detach().float()
     k = len(kept)
     gram = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=samples.device)

@@ -13,11 +13,19 @@ from ..core.adapter import EncoderAdapter
 
 class _Passthrough(nn.Module):
     """Stands in for a layer below the start layer: hands its input hidden states on unchanged (as
-    ``(hidden, None)``, no attention weights, when the architecture's layers return tuples)."""
+    ``(hidden, None)``, no attention weights, when the architecture's layers return tuples). Other attributes
+    the encoder's loop reads (ModernBERT's ``attention_type``) are the replaced layer's."""
 
-    def __init__(self, as_tuple: bool):
+    def __init__(self, layer: nn.Module, as_tuple: bool):
         super().__init__()
         self.as_tuple = as_tuple
+        self.__dict__["_replaced"] = layer  # not a submodule
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_replaced"], name)
 
     def forward(self, hidden_states, *args, **kwargs):
         return (hidden_states, None) if self.as_tuple else hidden_states
@@ -57,7 +65,7 @@ def start_at_layer(model: nn.Module, layer: int) -> Iterator[LayerFeed]:
     handle = adapter.stream_start.register_forward_hook(replace)
     saved = [layers[i] for i in range(layer)]
     for i in range(layer):
-        layers[i] = _Passthrough(adapter.layout.layer_output_tuple)
+        layers[i] = _Passthrough(saved[i], adapter.layout.layer_output_tuple)
     try:
         yield feed
     finally:
@@ -90,8 +98,9 @@ def layer_outputs(model: nn.Module, layer: int, hidden: torch.Tensor, inputs: di
     """Run only encoder layer ``layer`` on ``hidden`` and return its output.
 
     Args:
-        capture: Optional ``{name: module}``: the first positional input of each module is recorded
-            (e.g. a LayerNorm, whose input is the pre-LN residual sum) and returned alongside.
+        capture: Optional ``{name: module or None}``: the first positional input of each module is recorded
+            (e.g. a LayerNorm, whose input is a residual sum) and returned alongside; None records the layer's
+            output (a pre-LN layer's FFN sum).
 
     Returns:
         ``(layer output, {name: captured input})``.
@@ -101,11 +110,15 @@ def layer_outputs(model: nn.Module, layer: int, hidden: torch.Tensor, inputs: di
     seen: dict[str, torch.Tensor] = {}
     handles = []
     for name, module in (capture or {}).items():
-        handles.append(module.register_forward_pre_hook(_recorder(seen, name)))
+        if module is not None:
+            handles.append(module.register_forward_pre_hook(_recorder(seen, name)))
     out = {}
 
     def stop(module, args, output):
         out["h"] = layer_hidden(output)
+        for name, module in (capture or {}).items():
+            if module is None:
+                seen[name] = out["h"].detach()
         raise _Stop
 
     handles.append(target.register_forward_hook(stop))

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..core.adapter import EncoderAdapter
 from ..core.compaction import compact, original_structure
-from ..core.flops import encoder_flops, neuron_flops, shape_head_flops
+from ..core.flops import encoder_flops, shape_head_flops, shape_neuron_flops
 from ..core.masks import StructuralMasks
 from ..data.task_kinds import PRUNABLE_KINDS
 from .resources import MemoryTracker
@@ -72,7 +72,7 @@ class PruningRun:
         self.shape = EncoderAdapter(self.student).shape()
         self.seq_len = seq_len or samples.mean_length
         self.head_flops = shape_head_flops(self.shape, self.seq_len)
-        self.neuron_flops = neuron_flops(self.shape.hidden_size, self.seq_len)
+        self.neuron_flops = shape_neuron_flops(self.shape, self.seq_len)
         self.flops_dense = encoder_flops(self.shape, self.seq_len)
         self.seconds: dict[str, float] = defaultdict(float)
         self.notes: list[str] = []
