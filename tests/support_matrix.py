@@ -64,7 +64,7 @@ M, SC, QA, TC, MC, MLM = HEADS  # the head class suffixes, in the legend's order
 CHECKS = (
     Check("masked = compact", "test_masking_and_compaction.py::test_masked_equals_compacted_with_edge_cases"),
     Check(
-        "removed sublayer LN(x+b)",
+        "removed sublayer LN(x+b), pre-LN x+b",
         "test_removed_sublayer.py::test_removed_sublayers_keep_bias_and_layernorm_in_masked_and_compact_models",
         (M,),
     ),

@@ -49,13 +49,14 @@ def test_prune_py_kprune_exports_a_model_that_validates_to_its_reported_score(ar
     assert validated_accuracy(out, glue, tmp_path) == pytest.approx(report["metric_compressed"])
 
 
-def test_cofi_fit_on_deberta_exports_a_model_that_validates_to_its_selected_score(glue, tmp_path):
-    student = save_tiny_model(tmp_path / "student", "ForSequenceClassification", arch="deberta-v2", **NO_DROPOUT)
-    teacher = save_tiny_model(tmp_path / "teacher", "ForSequenceClassification", arch="deberta-v2", seed=1)
+@pytest.mark.parametrize("arch", ["deberta-v2", "modernbert"])  # relative-position attention; pre-LN, gated FFN
+def test_cofi_fit_exports_a_model_that_validates_to_its_selected_score(arch, glue, tmp_path):
+    student = save_tiny_model(tmp_path / "student", "ForSequenceClassification", arch=arch, **NO_DROPOUT)
+    teacher = save_tiny_model(tmp_path / "teacher", "ForSequenceClassification", arch=arch, seed=1)
     train_main(cofi_args((tmp_path, student, teacher, glue), tmp_path / "run"))
     export = tmp_path / "run" / "export"
     report = json.loads((export / "compression_report.json").read_text())
     assert report["params_compressed"] < report["params_dense"] and report["sparsity_actual"] > 0.3
     small = load_compressed(export)
-    assert type(small).__name__ == "KPDebertaV2ForSequenceClassification"
+    assert type(small).__name__ == f"KP{PREFIX[arch]}ForSequenceClassification"
     assert validated_accuracy(export, glue, tmp_path) == pytest.approx(report["metric_compressed"])

@@ -11,6 +11,8 @@ The bracketed term is relative-position attention (DeBERTa): each head projects 
 the projections that read the table, ``EncoderShape.position_projected_rows``) and scores ``R`` rows against
 every query or key (summed over the c2p / p2c terms, ``EncoderShape.position_rows``). The projection is
 computed once per forward, so the count is exact at batch 1 and an upper bound per sequence in larger batches.
+A sliding-window layer (ModernBERT's local attention) is counted like a global one: eager and sdpa compute every
+score and mask those outside the window, which is also what ``FlopCounterMode`` sees.
 """
 
 from __future__ import annotations
