@@ -1,0 +1,1 @@
+"""The parts of the GPU check behind ``benchmarks/gpu_check.py``."""
