@@ -62,6 +62,8 @@ class KPrune(pl.Callback):
         embedding_loss: Embedding models, K-prune: the embedding-distillation loss of predictive knowledge
             (``similarity_kl``, ``cosine_mse`` or both joined by ``+``: :mod:`kp_lightning.embedding.losses`).
             Kwon et al. on embeddings always use the in-batch contrastive loss as their Fisher objective.
+        flops_batch_size: Batch size the pruned model will be served at: costs a batch shares (DeBERTa's
+            relative-position projection) count ``1/flops_batch_size`` per sequence in the FLOPs budget and report.
         allow_untrained_head: Prune even if the task head was newly initialised when the model was loaded.
         progress: Show per-sublayer progress bars.
     """
@@ -83,6 +85,7 @@ class KPrune(pl.Callback):
         weight_tuning: bool = True,
         seq_len: float | None = None,
         embedding_loss: str = DEFAULT_EMBEDDING_LOSS,
+        flops_batch_size: int = 1,
         allow_untrained_head: bool = False,
         progress: bool = True,
     ):
@@ -113,10 +116,20 @@ class KPrune(pl.Callback):
         self.progress = progress
         if method == "kprune":
             self.config = KPruneConfig(
-                flops_reduction, temperature, lambda_pred, lambda_rep, mu, weight_tuning, seq_len, embedding_loss
+                flops_reduction,
+                temperature,
+                lambda_pred,
+                lambda_rep,
+                mu,
+                weight_tuning,
+                seq_len,
+                embedding_loss,
+                flops_batch_size,
             )
         else:
-            self.config = KwonConfig(flops_reduction, mask_tuning=weight_tuning, seq_len=seq_len)
+            self.config = KwonConfig(
+                flops_reduction, mask_tuning=weight_tuning, seq_len=seq_len, flops_batch_size=flops_batch_size
+            )
         self.config.validate()
         self.result: PruneResult | None = None
         self.dense_model: torch.nn.Module | None = None

@@ -83,7 +83,7 @@ def _export(cli, pruner, module, pruned, data, metric, dense_metrics, pruned_met
         "base_model": module.hparams.model_name_or_path,
         "task": module.task.name,
         "flops_reduction_target": pruner.flops_reduction,
-        **structure_fields(small, dense, round(result.seq_len)),
+        **structure_fields(small, dense, round(result.seq_len), result.flops_batch_size),
         "flops_reduction_actual": result.flops_reduction,
         "flops_seq_len": result.seq_len,
         "metric_name": metric,
@@ -125,7 +125,7 @@ def summary(report: dict, out_dir: str) -> str:
     return "\n".join(
         [
             f"{report['method']} on {report['task']}: {report['flops_reduction_actual']:.1%} of encoder FLOPs removed "
-            f"(target {report['flops_reduction_target']:.0%}) in {report['prune_seconds']:.1f} s",
+            f"(target {report['flops_reduction_target']:.0%}{_batch_note(report)}) in {report['prune_seconds']:.1f} s",
             f"{report['metric_name']}: dense {report['metric_dense']:.4f} -> pruned {report['metric_compressed']:.4f}",
             f"FLOPs per {flops['seq_len']}-token sequence (encoder + head): {dense_g:.3f} G -> {pruned_g:.3f} G",
             f"parameters: {report['params_dense']:,} -> {report['params_compressed']:,}",
@@ -133,6 +133,11 @@ def summary(report: dict, out_dir: str) -> str:
             f"export: {out_dir}",
         ]
     )
+
+
+def _batch_note(report: dict) -> str:
+    batch = report.get("flops_batch_size", 1)
+    return f", FLOPs per sequence at batch {batch}" if batch > 1 else ""
 
 
 def main(args: list[str] | None = None) -> dict:

@@ -40,9 +40,11 @@ def test_prune_py_kprune_exports_a_model_that_validates_to_its_reported_score(ar
                          "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
                          "--trainer.enable_progress_bar", "false", "--pruner.method", "kprune",
                          "--pruner.flops_reduction", "0.5", "--pruner.num_tokens", "200", "--pruner.batch_size", "8",
-                         "--pruner.progress", "false", "--latency_seconds", "0.05", "--latency_seq_len", "32",
+                         "--pruner.progress", "false", "--pruner.flops_batch_size", "4",
+                         "--latency_seconds", "0.05", "--latency_seq_len", "32",
                          "--output_dir", str(out)])  # fmt: skip
     assert report["flops_reduction_actual"] == pytest.approx(0.5, abs=0.06)
+    assert report["flops_batch_size"] == 4  # counted per sequence of a batch of 4 (only DeBERTa shares a cost)
     reloaded = load_compressed(out)
     assert type(reloaded).__name__ == f"KP{PREFIX[arch]}ForSequenceClassification"
     assert list(EncoderAdapter(reloaded).shape().heads) == report["structure"]["heads_per_layer"]

@@ -9,9 +9,11 @@ import torch
 from kp_lightning import EncoderAdapter, UnsupportedModelError, attach_masks, compact, export_compact, load_compressed
 from kp_lightning.cofi import full_size, structure_size
 from kp_lightning.compact_model.modeling_kp import STRUCTURE_RECORD_KEY
-from kp_lightning.core.flops import measured_flops, model_flops
+from kp_lightning.core.flops import encoder_flops, measured_flops, model_flops
 from kp_lightning.core.report import parameter_counts
+from kp_lightning.pruning import KPruneConfig, PruneError, kprune
 from tests.helpers import DEBERTA_V2_SEPARATE_POSITION_KEYS, edge_case_masks, main_output, tiny_batch, tiny_model
+from tests.test_kprune import sample_set
 
 ATOL = 1e-5
 
@@ -50,6 +52,25 @@ def test_relative_terms_are_counted_in_the_analytic_flops(terms, shared):
     small = compact(model, edge_case_masks(model))
     for m in (model, small):
         assert measured_flops(m, 48)["encoder"] == pytest.approx(model_flops(m, 48)["encoder"], rel=0.02)
+
+
+def test_a_deployment_batch_shares_the_relative_projection_in_flops_and_in_the_budget():
+    model = tiny_model("deberta-v2", "ForSequenceClassification")
+    for batch in (1, 4):  # the projection runs once per forward: per sequence it costs 1/batch
+        assert measured_flops(model, 48, batch_size=batch)["encoder"] == pytest.approx(
+            model_flops(model, 48, batch_size=batch)["encoder"], rel=0.02
+        )
+    shape = EncoderAdapter(model).shape()
+    assert encoder_flops(shape, 48, batch_size=4) < encoder_flops(shape, 48)
+    bert = EncoderAdapter(tiny_model("bert", "ForSequenceClassification")).shape()
+    assert encoder_flops(bert, 48, batch_size=4) == encoder_flops(bert, 48)  # nothing shared without the table
+    samples = sample_set()
+    result = kprune(model, samples, "classification", KPruneConfig(0.5, flops_batch_size=8), progress=False)
+    assert result.flops_batch_size == 8
+    assert result.flops_dense == pytest.approx(encoder_flops(shape, samples.mean_length, batch_size=8))
+    assert result.flops_pruned <= 0.5 * result.flops_dense * (1 + 1e-9)
+    with pytest.raises(PruneError, match="flops_batch_size must be a positive integer"):
+        KPruneConfig(0.5, flops_batch_size=0).validate()
 
 
 def test_without_relative_attention_there_is_no_position_table_to_follow():

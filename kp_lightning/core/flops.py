@@ -10,7 +10,8 @@ multiply-accumulate of the matrix products; embeddings, LayerNorm, biases and so
 The bracketed term is relative-position attention (DeBERTa): each head projects ``P`` table rows (summed over
 the projections that read the table, ``EncoderShape.position_projected_rows``) and scores ``R`` rows against
 every query or key (summed over the c2p / p2c terms, ``EncoderShape.position_rows``). The projection is
-computed once per forward, so the count is exact at batch 1 and an upper bound per sequence in larger batches.
+computed once per forward for the whole batch, so per sequence it costs ``1/B`` of it at batch ``B``: the
+``batch_size`` arguments below (K-prune's and Kwon's ``flops_batch_size``); the other terms do not depend on it.
 A sliding-window layer (ModernBERT's local attention) is counted like a global one: eager and sdpa compute every
 score and mask those outside the window, which is also what ``FlopCounterMode`` sees.
 """
@@ -25,15 +26,25 @@ from .adapter import EncoderAdapter, EncoderShape
 from .attention_implementation import eager_attention
 
 
-def head_flops(hidden_size: int, head_size: int, seq_len: int, position_rows: int = 0, projected_rows: int = 0) -> int:
-    """FLOPs of one attention head for one sequence (relative-position rows it scores and projects: see above)."""
+def head_flops(
+    hidden_size: int,
+    head_size: int,
+    seq_len: int,
+    position_rows: int = 0,
+    projected_rows: int = 0,
+    batch_size: int = 1,
+) -> float:
+    """FLOPs of one attention head for one sequence of a batch of ``batch_size`` (relative-position rows it scores
+    and projects: see above)."""
     d, dh, n = hidden_size, head_size, seq_len
-    return 6 * d * dh * n + 4 * n * n * dh + 2 * dh * n * d + 2 * dh * (projected_rows * d + position_rows * n)
+    projection = 2 * dh * projected_rows * d / batch_size if projected_rows else 0
+    return 6 * d * dh * n + 4 * n * n * dh + 2 * dh * n * d + 2 * dh * position_rows * n + projection
 
 
-def shape_head_flops(shape: EncoderShape, seq_len: int) -> int:
+def shape_head_flops(shape: EncoderShape, seq_len: int, batch_size: int = 1) -> float:
     """:func:`head_flops` of one head of an encoder of ``shape`` (its relative-position rows included)."""
-    return head_flops(shape.hidden_size, shape.head_size, seq_len, shape.position_rows, shape.position_projected_rows)
+    rows, projected = shape.position_rows, shape.position_projected_rows
+    return head_flops(shape.hidden_size, shape.head_size, seq_len, rows, projected, batch_size)
 
 
 def neuron_flops(hidden_size: int, seq_len: int, up_rows: int = 1) -> int:
@@ -46,9 +57,9 @@ def shape_neuron_flops(shape: EncoderShape, seq_len: int) -> int:
     return neuron_flops(shape.hidden_size, seq_len, shape.neuron_row_blocks)
 
 
-def encoder_flops(shape: EncoderShape, seq_len: int) -> int:
-    """FLOPs of all encoder layers for one sequence."""
-    fh = shape_head_flops(shape, seq_len)
+def encoder_flops(shape: EncoderShape, seq_len: int, batch_size: int = 1) -> float:
+    """FLOPs of all encoder layers for one sequence of a batch of ``batch_size``."""
+    fh = shape_head_flops(shape, seq_len, batch_size)
     fn = shape_neuron_flops(shape, seq_len)
     return sum(h * fh + n * fn for h, n in zip(shape.heads, shape.neurons, strict=True))
 
@@ -70,9 +81,9 @@ def head_linear_flops(model: nn.Module, seq_len: int) -> int:
     return total
 
 
-def model_flops(model: nn.Module, seq_len: int) -> dict[str, int]:
-    """Analytic FLOPs for one sequence: encoder, head (pooler + task head) and total."""
-    enc = encoder_flops(EncoderAdapter(model).shape(), seq_len)
+def model_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> dict[str, float]:
+    """Analytic FLOPs for one sequence of a batch of ``batch_size``: encoder, head (pooler + task head) and total."""
+    enc = encoder_flops(EncoderAdapter(model).shape(), seq_len, batch_size)
     head = head_linear_flops(model, seq_len)
     return {"encoder": enc, "head": head, "total": enc + head}
 

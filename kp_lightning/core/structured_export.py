@@ -40,13 +40,15 @@ def latency_speedup(dense: nn.Module, small: nn.Module, check: LatencyCheck) -> 
     return speedup, latency
 
 
-def structure_fields(small: nn.Module, dense: nn.Module, seq_len: int) -> dict:
-    """Report fields every structured method shares: parameters, FLOPs removed, kept structure."""
+def structure_fields(small: nn.Module, dense: nn.Module, seq_len: int, batch_size: int = 1) -> dict:
+    """Report fields every structured method shares: parameters, FLOPs removed (per sequence of a batch of
+    ``batch_size``), kept structure."""
     structure = original_structure(small)
-    dense_flops = encoder_flops(structure.shape, seq_len)
+    dense_flops = encoder_flops(structure.shape, seq_len, batch_size)
     return {
-        "flops_reduction_actual": 1 - encoder_flops(structure.compacted_shape(), seq_len) / dense_flops,
+        "flops_reduction_actual": 1 - encoder_flops(structure.compacted_shape(), seq_len, batch_size) / dense_flops,
         "flops_seq_len": seq_len,
+        "flops_batch_size": batch_size,
         "params_dense": parameter_counts(dense)["total"],
         "params_compressed": parameter_counts(small)["total"],
         "structure": {

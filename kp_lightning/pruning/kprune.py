@@ -32,7 +32,7 @@ from .knowledge import (
 from .layer_stream import embedding_output, layer_outputs, start_at_layer
 from .least_squares import solve_normal_equations
 from .mask_search import threshold_keep
-from .pruning_run import PruningRun, check_reduction, freeze
+from .pruning_run import PruningRun, check_flops_batch_size, check_reduction, freeze
 from .result import PruneError, PruneResult
 from .sample_set import SampleSet
 
@@ -51,6 +51,8 @@ class KPruneConfig:
         seq_len: Sequence length of the FLOPs model; default the sample set's mean non-padding length.
         embedding_loss: Embedding tasks: the embedding-distillation loss of predictive knowledge
             (:mod:`kp_lightning.embedding.losses`).
+        flops_batch_size: Deployment batch size of the FLOPs model: a cost shared by the batch (DeBERTa's
+            relative-position projection) counts ``1/flops_batch_size`` per sequence; no effect on other models.
     """
 
     flops_reduction: float
@@ -61,9 +63,11 @@ class KPruneConfig:
     weight_tuning: bool = True
     seq_len: float | None = None
     embedding_loss: str = DEFAULT_EMBEDDING_LOSS
+    flops_batch_size: int = 1
 
     def validate(self) -> None:
         check_reduction(self.flops_reduction)
+        check_flops_batch_size(self.flops_batch_size)
         if self.temperature <= 0:
             raise PruneError(f"temperature must be positive, got {self.temperature}")
         if self.lambda_pred < 0 or self.lambda_rep < 0 or self.lambda_pred + self.lambda_rep == 0:
@@ -88,7 +92,7 @@ def kprune(
         progress: Show a tqdm bar per sublayer (rank 0 only).
     """
     config.validate()
-    run = PruningRun(model, samples, task_kind, config.seq_len)
+    run = PruningRun(model, samples, task_kind, config.seq_len, config.flops_batch_size)
     student, memory = run.student, run.memory
     budget = run.flops_dense * (1 - config.flops_reduction)
 

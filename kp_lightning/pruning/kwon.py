@@ -20,7 +20,7 @@ from ..embedding.pooling import sentence_embeddings
 from .distributed import all_reduce_sum
 from .kwon_tuning import tune_mask_scales
 from .mask_search import kwon_search
-from .pruning_run import PruningRun, check_reduction, check_task_kind, freeze
+from .pruning_run import PruningRun, check_flops_batch_size, check_reduction, check_task_kind, freeze
 from .result import PruneError, PruneResult
 from .sample_set import SampleSet
 
@@ -37,6 +37,8 @@ class KwonConfig:
         damping: LSMR damping of the tuning (pulls the scales toward 1).
         scale_bound: Tuning stops at the first layer whose scales leave ``[−bound, bound]``.
         seq_len: Sequence length of the FLOPs model; default the sample set's mean non-padding length.
+        flops_batch_size: Deployment batch size of the FLOPs model: a cost shared by the batch (DeBERTa's
+            relative-position projection) counts ``1/flops_batch_size`` per sequence; no effect on other models.
     """
 
     flops_reduction: float
@@ -45,9 +47,11 @@ class KwonConfig:
     damping: float = 1.0
     scale_bound: float = 10.0
     seq_len: float | None = None
+    flops_batch_size: int = 1
 
     def validate(self) -> None:
         check_reduction(self.flops_reduction)
+        check_flops_batch_size(self.flops_batch_size)
         if self.damping < 0:
             raise PruneError(f"damping must be >= 0, got {self.damping}")
 
@@ -73,7 +77,7 @@ def kwon_prune(
             f"Kwon et al.'s Fisher importance needs labelled samples ({', '.join(label_keys)}); the sample batches "
             "have none. Use the labelled training split."
         )
-    run = PruningRun(model, samples, task_kind, config.seq_len)
+    run = PruningRun(model, samples, task_kind, config.seq_len, config.flops_batch_size)
     student, shape = run.student, run.shape
     with run.timed("fisher"):
         head_grads, neuron_grads = fisher_gradients(student, samples, task_kind)

@@ -31,6 +31,15 @@ def check_reduction(value: float) -> None:
         )
 
 
+def check_flops_batch_size(value: int) -> None:
+    """Raise unless ``value`` is a positive integer batch size."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PruneError(
+            f"flops_batch_size must be a positive integer, got {value!r}",
+            fix="the batch size the pruned model will be served at, e.g. 32 (1 counts every cost per sequence)",
+        )
+
+
 def check_task_kind(kind: str) -> None:
     """Raise unless ``kind`` is a task the retraining-free methods handle."""
     if kind not in SUPPORTED_KINDS:
@@ -54,6 +63,7 @@ class PruningRun:
         student: A frozen compact copy of ``model`` to prune (``model`` itself is never modified).
         shape: The student's sizes at the start.
         seq_len: Sequence length of the FLOPs model (``seq_len`` or the sample set's mean length).
+        batch_size: Batch size of the FLOPs model (costs shared by a batch count ``1/batch_size`` per sequence).
         head_flops: FLOPs of one head at ``seq_len``.
         neuron_flops: FLOPs of one FFN neuron at ``seq_len``.
         flops_dense: Encoder FLOPs of ``model`` at ``seq_len``.
@@ -62,7 +72,9 @@ class PruningRun:
         memory: Cache and peak-memory tracker.
     """
 
-    def __init__(self, model: nn.Module, samples: SampleSet, task_kind: str, seq_len: float | None):
+    def __init__(
+        self, model: nn.Module, samples: SampleSet, task_kind: str, seq_len: float | None, batch_size: int = 1
+    ):
         check_task_kind(task_kind)
         self.start = time.perf_counter()
         self.model = model
@@ -71,9 +83,10 @@ class PruningRun:
         self.student = freeze(compact(model, StructuralMasks.ones(EncoderAdapter(model).shape())))
         self.shape = EncoderAdapter(self.student).shape()
         self.seq_len = seq_len or samples.mean_length
-        self.head_flops = shape_head_flops(self.shape, self.seq_len)
+        self.batch_size = batch_size
+        self.head_flops = shape_head_flops(self.shape, self.seq_len, batch_size)
         self.neuron_flops = shape_neuron_flops(self.shape, self.seq_len)
-        self.flops_dense = encoder_flops(self.shape, self.seq_len)
+        self.flops_dense = encoder_flops(self.shape, self.seq_len, batch_size)
         self.seconds: dict[str, float] = defaultdict(float)
         self.notes: list[str] = []
 
@@ -95,8 +108,9 @@ class PruningRun:
             model=pruned,
             structure=structure_within(original_structure(self.model), original_structure(pruned)),
             flops_dense=self.flops_dense,
-            flops_pruned=encoder_flops(EncoderAdapter(pruned).shape(), self.seq_len),
+            flops_pruned=encoder_flops(EncoderAdapter(pruned).shape(), self.seq_len, self.batch_size),
             seq_len=self.seq_len,
+            flops_batch_size=self.batch_size,
             seconds=seconds,
             notes=self.notes,
             stats={

@@ -26,6 +26,7 @@ class PruneResult:
         flops_dense: Encoder FLOPs per sequence of the input model (analytic, at ``seq_len``).
         flops_pruned: Encoder FLOPs per sequence of the result.
         seq_len: Sequence length of the FLOPs model (mean non-padding length of the sample set).
+        flops_batch_size: Batch size of the FLOPs model.
         seconds: Wall time per phase.
         notes: Things the user should know (ridge fallbacks, stopped mask tuning, ...).
         stats: Method-specific numbers (sample size, peak memory, ...).
@@ -38,6 +39,7 @@ class PruneResult:
     flops_dense: float
     flops_pruned: float
     seq_len: float
+    flops_batch_size: int = 1
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
