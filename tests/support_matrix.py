@@ -86,7 +86,12 @@ CHECKS = (
     Check("FLOPs = FlopCounterMode", "test_multiple_choice.py::test_flops_are_counted_per_flattened_sequence", (MC,)),
     Check("ONNX = onnxruntime", "test_flops_latency_onnx.py::test_onnx_export_of_compact_model_matches_onnxruntime"),
     Check("K-prune", "test_kprune.py::test_kprune_meets_the_budget_and_the_export_reloads_exactly"),
-    Check("K-prune", "test_multiple_choice.py::test_kprune_on_choices_meets_the_budget_and_reloads_exactly", (MC,)),
+    Check(
+        "K-prune",
+        "test_multiple_choice.py::test_retraining_free_pruning_on_choices_meets_the_budget_and_reloads_exactly",
+        (MC,),
+        token="kprune",
+    ),
     Check(
         "K-prune",
         "test_embedding_models.py::test_retraining_free_pruning_meets_its_budget_on_embedding_models",
@@ -98,6 +103,12 @@ CHECKS = (
         "Kwon",
         "test_embedding_models.py::test_retraining_free_pruning_meets_its_budget_on_embedding_models",
         (M,),
+        token="kwon",
+    ),
+    Check(
+        "Kwon",
+        "test_multiple_choice.py::test_retraining_free_pruning_on_choices_meets_the_budget_and_reloads_exactly",
+        (MC,),
         token="kwon",
     ),
     Check("CoFi gates", "test_cofi.py::test_masked_compacted_and_reloaded_models_agree", (SC, QA, TC)),

@@ -17,7 +17,7 @@ from kp_lightning.data.glue_files import DataFormatError
 from kp_lightning.data.multiple_choice import load_choice_splits
 from kp_lightning.datamodules import MultipleChoiceDataModule
 from kp_lightning.prune_cli import main as prune_main
-from kp_lightning.pruning import KPruneConfig, kprune
+from kp_lightning.pruning import KPruneConfig, KwonConfig, kprune, kwon_prune
 from kp_lightning.pruning.sample_set import SampleSet
 from kp_lightning.pruning.sampling import token_budget_indices
 from tests.head_checks import check_compact_exports, check_dense_exports
@@ -134,12 +134,14 @@ def test_onnx_export_has_dynamic_batch_choices_and_sequence_axes(tmp_path):
     assert EncoderAdapter(small).shape().heads[1] == 0
 
 
+@pytest.mark.parametrize("method", ["kprune", "kwon"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_kprune_on_choices_meets_the_budget_and_reloads_exactly(arch, tmp_path):
+def test_retraining_free_pruning_on_choices_meets_the_budget_and_reloads_exactly(arch, method, tmp_path):
     model = tiny_model(arch, "ForMultipleChoice")
-    batches = [choice_batch(batch=3, choices=2, seq=10) for _ in range(3)]
-    samples = SampleSet(batches, "cpu", ("input_ids", "attention_mask", "labels"))
-    result = kprune(model, samples, "multiple_choice", KPruneConfig(0.5), progress=False)
+    batches = [{**choice_batch(batch=3, choices=2, seq=10), "labels": torch.tensor([0, 1, 1])} for _ in range(3)]
+    samples = SampleSet(batches, "cpu", ("input_ids", "attention_mask", "labels"))  # Kwon's Fisher needs labels
+    prune, config = (kprune, KPruneConfig(0.5)) if method == "kprune" else (kwon_prune, KwonConfig(0.5))
+    result = prune(model, samples, "multiple_choice", config, progress=False)
     assert result.flops_pruned <= 0.5 * result.flops_dense * (1 + 1e-9)
     assert result.seq_len == pytest.approx(samples.num_tokens / samples.num_sequences)
     export_compact(result.model, tmp_path / "out")
