@@ -64,8 +64,8 @@ class QuantizationAwareTraining(pl.Callback):
 
     Args:
         exclude: Substrings of Linear layer names to leave in float.
-        no_output_quant: Substrings of Linear layer names whose output is not requantized (default: residual
-            inputs, value projections and task heads of BERT, RoBERTa and DistilBERT).
+        no_output_quant: Substrings of Linear layer names whose output is not requantized (default: every
+            layout's residual inputs and value projections, and the task heads).
         averaging_constant: Moving-average constant of the activation ranges.
         freeze_ranges_step: Optimizer step after which the ranges stop moving (``null``: never).
         output_dir: Where the int8 model goes (default ``<log dir>/int8_model``).

@@ -10,6 +10,7 @@ import torch
 from torch.ao.quantization.observer import MinMaxObserver, MovingAverageMinMaxObserver
 
 from callbacks import QuantizationAwareTraining
+from kp_lightning import EncoderAdapter
 from kp_lightning.errors import MissingExtraError
 from kp_lightning.extras import missing_onnx_modules
 from kp_lightning.quantization import (
@@ -46,6 +47,22 @@ def quantized(arch: str = "bert", calibrate: int = 3, seed: int = 0):
 def logits(model, batch=None) -> torch.Tensor:
     with torch.no_grad():
         return model(**(batch or tiny_batch())).logits
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_layers_feeding_a_residual_sum_and_value_projections_keep_a_float_output(arch):
+    """The default rule reads the layout table: output projections, V (or the fused QKV) and heads stay float."""
+    model = tiny_model(arch, "ForSequenceClassification")
+    names = default_quantized_linears(model)
+    quantizer = FakeQuantizer(model, names)
+    modules = {id(model.get_submodule(n)): n for n in names}
+    for view in EncoderAdapter(model).layers:
+        projections = dict(view.head_projection_blocks)
+        value = view.head_projections[0 if len(projections) == 1 else 2]  # fused QKV, or Q / K / V
+        for module in (view.attention_out, view.ffn_down, value):
+            assert not quantizer.output_quantized(modules[id(module)]), modules[id(module)]
+        for module in (view.ffn_up, *(p for p in view.head_projections if p is not value)):
+            assert quantizer.output_quantized(modules[id(module)]), modules[id(module)]
 
 
 def test_default_linears_and_output_quant_rule():

@@ -6,7 +6,8 @@
   the first observation sets min/max, later ones move them by ``averaging_constant``); the ranges are only updated
   while the linear module is in training mode and observers are enabled, validation uses the stored ranges;
 * outputs: fake-quantized to uint8 as well (own observer) except for modules whose name contains one of
-  ``no_output_quant`` (the layers feeding residual + LayerNorm, value projections and task heads);
+  ``no_output_quant`` (by default, from the layout table: the layers feeding a residual sum, value projections
+  (a fused QKV as a whole), and task heads);
 * gradients: straight-through with clipping (``torch.fake_quantize_per_tensor_affine``).
 
 The model's parameters, buffers and ``state_dict()`` keys are untouched: :meth:`FakeQuantizer.attach` replaces
@@ -27,19 +28,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Substrings of module names whose output is not requantized (BERT, RoBERTa, DistilBERT and task heads).
-DEFAULT_NO_OUTPUT_QUANT: tuple[str, ...] = (
-    "attention.output.dense",
-    "output.dense",
-    "value",
-    "out_lin",
-    "lin2",
-    "v_lin",
-    "classifier",
-    "qa_outputs",
-    "pre_classifier",
-    "decoder",
-)
+from ..compact_model.layouts import LAYOUTS
+
+#: Task-head outputs kept in float (their logits are the model's output).
+_HEAD_OUTPUTS = ("classifier", "qa_outputs", "pre_classifier", "decoder")
+
+
+def _float_output_paths() -> tuple[str, ...]:
+    """Per-layer paths, from every layout entry, of the Linear layers whose output is not requantized: the output
+    projections (they feed a residual sum) and the value projection (or the fused QKV holding it)."""
+    paths: dict[str, None] = {}
+    for layout in LAYOUTS.values():
+        for path in (layout.attention_out, layout.ffn_down, layout.qkv or layout.value):
+            paths[path] = None
+    return tuple(paths)
+
+
+#: Substrings of module names whose output is not requantized (every layout's residual inputs and value
+#: projections, and the task heads).
+DEFAULT_NO_OUTPUT_QUANT: tuple[str, ...] = _float_output_paths() + _HEAD_OUTPUTS
 ACT_QMIN, ACT_QMAX = 0, 255
 WEIGHT_QMIN, WEIGHT_QMAX = -128, 127
 EPS = torch.finfo(torch.float32).eps
