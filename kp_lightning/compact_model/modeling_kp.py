@@ -2,9 +2,9 @@
 
 Copied into every compact export so ``AutoModelFor<Task>.from_pretrained(dir, trust_remote_code=True)``
 works without kp_lightning; imports only torch and transformers. A removed post-LayerNorm sublayer (no
-heads, or no neurons) computes ``LN(x + b)``: what the stock sublayer computes with every unit zeroed. Its
-projection weights are gone, the output projection's (folded) bias ``b`` stays as a constant and its
-LayerNorm stays. ``kp_structure["removed_sublayer"]`` records this; exports written before it existed
+heads, or no neurons) computes ``LN(x + b)``, a removed pre-LayerNorm one ``x + b``: what the stock sublayer
+computes with every unit zeroed. Its projection weights are gone, the output projection's (folded) bias ``b``
+(zero without one) stays as a constant and its LayerNorm stays. ``kp_structure["removed_sublayer"]`` records this; exports written before it existed
 (removed sublayers were the identity) are refused with a message.
 
 Speed: each kept attention core runs :class:`FusedQKVForward` (one Q/K/V GEMM, then the stock attention kernel,

@@ -92,18 +92,6 @@ class LayerView:
         return self._get(self.layout.attention_core)
 
     @property
-    def query(self) -> nn.Linear:
-        return self._get(self.layout.query)
-
-    @property
-    def key(self) -> nn.Linear:
-        return self._get(self.layout.key)
-
-    @property
-    def value(self) -> nn.Linear:
-        return self._get(self.layout.value)
-
-    @property
     def attention_out(self) -> nn.Module:
         return self._get(self.layout.attention_out)
 
