@@ -192,12 +192,12 @@ def test_an_architecture_without_gate_support_is_refused(setup, tmp_path):
 
     from tests.text_fixtures import tiny_tokenizer
 
-    config = transformers.ModernBertConfig(
-        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        max_position_embeddings=130, pad_token_id=0,
+    config = transformers.AlbertConfig(  # one set of layer weights shared by every layer: not in the layout table
+        vocab_size=99, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=130, pad_token_id=0,
     )  # fmt: skip
     for name in ("student", "teacher"):
-        transformers.ModernBertForSequenceClassification(config).save_pretrained(tmp_path / name)
+        transformers.AlbertForSequenceClassification(config).save_pretrained(tmp_path / name)
         tiny_tokenizer().save_pretrained(tmp_path / name)
     args = cofi_args(setup, tmp_path)
     args[args.index("--model.init_args.model_name_or_path") + 1] = str(tmp_path / "student")

@@ -4,12 +4,12 @@ Copied into every compact export so ``AutoModelFor<Task>.from_pretrained(dir, tr
 works without kp_lightning; imports only torch and transformers. A removed post-LayerNorm sublayer (no
 heads, or no neurons) computes ``LN(x + b)``, a removed pre-LayerNorm one ``x + b``: what the stock sublayer
 computes with every unit zeroed. Its projection weights are gone, the output projection's (folded) bias ``b``
-(zero without one) stays as a constant and its LayerNorm stays. ``kp_structure["removed_sublayer"]`` records this; exports written before it existed
-(removed sublayers were the identity) are refused with a message.
+(zero without one) stays as a constant and its LayerNorm stays. ``kp_structure["removed_sublayer"]`` records
+this; exports written before it existed (removed sublayers were the identity) are refused with a message.
 
-Speed: each kept attention core runs :class:`FusedQKVForward` (one Q/K/V GEMM, then the stock attention kernel,
-sdpa unless eager was asked for); a removed sublayer costs its ``x + b`` and LayerNorm only. Module names and
-state-dict keys are the stock ones.
+Speed: each kept attention core with separate Q/K/V runs :class:`FusedQKVForward` (one Q/K/V GEMM, then the stock
+attention kernel, sdpa unless eager was asked for); a removed sublayer costs its ``x + b`` and LayerNorm only.
+Module names and state-dict keys are the stock ones.
 """
 
 from __future__ import annotations
