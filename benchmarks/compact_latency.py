@@ -291,15 +291,25 @@ def main() -> None:
     print(md)
 
 
+def per_layer(counts: list[int]) -> str:
+    """Per-layer counts, ``22 × 6`` when every layer has the same."""
+    return f"{len(counts)} × {counts[0]}" if len(set(counts)) == 1 else str(counts)
+
+
 def render_markdown(result: dict) -> str:
     env, load = result["environment"], result["load_average_1min"]
+    separate = any("compact_stock" in s["median_ms"] for run in result["runs"] for s in run["shapes"])
+    models = (
+        "Dense, compact with the stock attention forward (3 Q/K/V GEMMs) and compact as built (1 fused Q/K/V GEMM)"
+        if separate
+        else "Dense and compact (the architecture's QKV is one GEMM in both; no stock-forward column)"
+    )
     md = [
         f"# Compact latency: {result['model']}",
         "",
         f"{env['dtype']} on {env['device_name']} (torch {env['torch']}), one process, other jobs sharing the CPU "
         f"(1-min load average {load['start']:.1f} at the start, {load['end']:.1f} at the end, {os.cpu_count()} "
-        "cores). Dense, compact with the stock attention forward (3 Q/K/V GEMMs) and compact as built (1 fused "
-        f"Q/K/V GEMM) are timed in interleaved rounds of ~{result['block_s']} s blocks per model for "
+        f"cores). {models} are timed in interleaved rounds of ~{result['block_s']} s blocks per model for "
         f"~{result['seconds_per_row']:.0f} s per row; ms are medians over rounds, speedups medians of per-round "
         "ratios, ideal = 1 / (FLOPs kept) at that sequence length. On a loaded CPU every parallel region waits for "
         "its threads to be scheduled, so with 2 threads the op count weighs more than on an idle machine; 1 thread "
@@ -311,7 +321,7 @@ def render_markdown(result: dict) -> str:
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in result["runs"]:
-        kept = f"{run['heads']} / {run['neurons']}"
+        kept = f"{per_layer(run['heads'])} / {per_layer(run['neurons'])}"
         for s in run["shapes"]:
             ms = s["median_ms"]
             stock_ms = f"{ms['compact_stock']:.1f}" if "compact_stock" in ms else "–"
