@@ -147,6 +147,11 @@ class QuantizationAwareTraining(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.freeze_ranges_step is not None:
             self.quantizer.observers_enabled = trainer.global_step < self.freeze_ranges_step
+        # ranges from real tokens only (padding would widen them); batches without one mask are observed whole
+        self.quantizer.token_mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.quantizer.token_mask = None
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._tick is not None:

@@ -187,6 +187,48 @@ def test_ranges_move_only_in_training_with_observers_enabled():
     assert not unchanged()
 
 
+@torch.no_grad()
+def test_with_a_token_mask_padding_does_not_widen_the_ranges():
+    model = tiny_model("bert", "ForSequenceClassification").train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.bert.embeddings.word_embeddings.weight[0] = 0.0  # token 0 (used as padding): one dimension spikes
+    model.bert.embeddings.word_embeddings.weight[0, 5] = 100.0
+    model.bert.embeddings.LayerNorm.weight[5] = 3.0  # normalised, the spike is ~3·sqrt(31); real tokens stay below
+    batch = tiny_batch(seed=3)
+    batch["input_ids"][batch["attention_mask"] == 0] = 0
+    names = default_quantized_linears(model)
+    seen = {}
+    hook = model.get_submodule(names[0]).register_forward_pre_hook(lambda m, a: seen.update(x=a[0]))
+    model(**batch)
+    hook.remove()
+    real = seen["x"][batch["attention_mask"].bool()]
+    ranges = {}
+    for masked in (True, False):
+        quantizer = FakeQuantizer(model, names, attach=True)
+        quantizer.token_mask = batch["attention_mask"] if masked else None
+        model(**batch)
+        quantizer.detach()
+        first = quantizer.quantizer(names[0])
+        ranges[masked] = float(first.input.min_val), float(first.input.max_val)
+        pooled = quantizer.quantizer("classifier").input  # one row per sequence: observed whole
+        assert pooled.initialized
+    assert ranges[True] == (float(real.min()), float(real.max()))  # the first observation sets the range
+    assert ranges[False][1] > ranges[True][1]  # the padded rows' spike widens it without the mask
+
+
+def test_the_qat_callback_observes_each_training_batch_at_its_real_tokens():
+    model = tiny_model("bert", "ForSequenceClassification")
+    qat = QuantizationAwareTraining()
+    qat.quantizer = FakeQuantizer(model, default_quantized_linears(model))
+    batch = tiny_batch()
+    qat.on_train_batch_start(None, None, batch, 0)
+    assert qat.quantizer.token_mask is batch["attention_mask"]
+    qat.on_train_batch_end(None, None, None, batch, 0)
+    assert qat.quantizer.token_mask is None
+
+
 def test_straight_through_gradients_reach_weights_and_inputs():
     model, quantizer = quantized("distilbert")
     model.train()

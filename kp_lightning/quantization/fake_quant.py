@@ -4,7 +4,9 @@
   every forward (torch ``MinMaxObserver``, ``qint8``, ``per_tensor_symmetric``); a zero weight stays exactly zero;
 * inputs: uint8 asymmetric per tensor in [0, 255], moving-average min/max (torch ``MovingAverageMinMaxObserver``:
   the first observation sets min/max, later ones move them by ``averaging_constant``); the ranges are only updated
-  while the linear module is in training mode and observers are enabled, validation uses the stored ranges;
+  while the linear module is in training mode and observers are enabled, validation uses the stored ranges; with a
+  token mask set (:attr:`FakeQuantizer.token_mask`, the batch's ``attention_mask``) per-token inputs and outputs are
+  observed at real tokens only, so padding does not widen the ranges;
 * outputs: fake-quantized to uint8 as well (own observer) except for modules whose name contains one of
   ``no_output_quant`` (by default, from the layout table: the layers feeding a residual sum, value projections
   (a fused QKV as a whole), and task heads);
@@ -109,6 +111,22 @@ def all_reduce_range(min_val: torch.Tensor, max_val: torch.Tensor) -> tuple[torc
     return -both[0], both[1]
 
 
+class TokenMask:
+    """The current batch's token mask, shared by a quantizer's observers (``value``: None, or 1/0 per token)."""
+
+    value: torch.Tensor | None = None
+
+
+def _observed_range(x: torch.Tensor, tokens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of ``x``, over the real tokens when ``tokens`` has one entry per row of ``x`` (per-token
+    activations); a per-sequence tensor (a pooled classifier input) is observed whole."""
+    x = x.detach().float()
+    if tokens is None or x.dim() < 2 or tokens.numel() != x[..., 0].numel():
+        return torch.aminmax(x)
+    real = tokens.reshape(x.shape[:-1]).unsqueeze(-1).to(device=x.device, dtype=torch.bool)
+    return x.masked_fill(~real, float("inf")).amin(), x.masked_fill(~real, float("-inf")).amax()
+
+
 class ActivationObserver(nn.Module):
     """Moving-average min/max of a tensor and its uint8 fake quantization.
 
@@ -130,11 +148,12 @@ class ActivationObserver(nn.Module):
         return self._initialized
 
     @torch.no_grad()
-    def observe(self, x: torch.Tensor) -> None:
-        """Update the moving min/max with ``x`` (the first observation sets them)."""
+    def observe(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> None:
+        """Update the moving min/max with ``x`` (the first observation sets them), at the real ``tokens`` only when
+        given."""
         if self.min_val.device != x.device:
             self.min_val, self.max_val = self.min_val.to(x.device), self.max_val.to(x.device)
-        cur_min, cur_max = all_reduce_range(*torch.aminmax(x.detach().float()))
+        cur_min, cur_max = all_reduce_range(*_observed_range(x, tokens))
         c = self.averaging_constant
         first = torch.isinf(self.min_val)
         self.min_val.copy_(torch.where(first, cur_min, self.min_val + c * (cur_min - self.min_val)))
@@ -145,9 +164,11 @@ class ActivationObserver(nn.Module):
         """Current ``(scale, zero_point)`` tensors; only meaningful once :attr:`initialized`."""
         return activation_qparams_from_range(self.min_val, self.max_val)
 
-    def forward(self, x: torch.Tensor, training: bool, quantize: bool = True) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, training: bool, quantize: bool = True, tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if training and self.enabled:
-            self.observe(x)
+            self.observe(x, tokens)
         if not quantize:
             return x
         if not self._initialized:
@@ -168,19 +189,20 @@ class ActivationObserver(nn.Module):
 class LinearQuantizer(nn.Module):
     """Observers of one ``nn.Linear``: ``input`` and, when the output is requantized, ``output``."""
 
-    def __init__(self, output_quant: bool, averaging_constant: float = 0.01):
+    def __init__(self, output_quant: bool, averaging_constant: float = 0.01, tokens: TokenMask | None = None):
         super().__init__()
         self.input = ActivationObserver(averaging_constant)
         self.output = ActivationObserver(averaging_constant) if output_quant else None
         self.fake_quant_enabled = True
+        self.tokens = tokens or TokenMask()
 
     def linear(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """Fake-quantized ``module(x)``: quantized input, quantized weight, optionally quantized output."""
-        on = self.fake_quant_enabled
-        x = self.input(x, module.training, quantize=on)
+        on, tokens = self.fake_quant_enabled, self.tokens.value
+        x = self.input(x, module.training, quantize=on, tokens=tokens)
         y = F.linear(x, fake_quantize_weight(module.weight) if on else module.weight, module.bias)
         if self.output is not None:
-            y = self.output(y, module.training, quantize=on)
+            y = self.output(y, module.training, quantize=on, tokens=tokens)
         return y
 
 
@@ -245,11 +267,15 @@ class FakeQuantizer(nn.Module):
         self.__dict__["model"] = model  # a plain reference: not a submodule, not in state_dict
         self.module_names = list(module_names)
         self.no_output_quant = tuple(no_output_quant)
+        self.tokens = TokenMask()
         for name in self.module_names:
             if not isinstance(model.get_submodule(name), nn.Linear):
                 raise TypeError(f"{name} is a {type(model.get_submodule(name)).__name__}, not an nn.Linear")
         self.linears = nn.ModuleDict(
-            {_key(name): LinearQuantizer(self.output_quantized(name), averaging_constant) for name in self.module_names}
+            {
+                _key(name): LinearQuantizer(self.output_quantized(name), averaging_constant, self.tokens)
+                for name in self.module_names
+            }
         )
         if attach:
             self.attach()
@@ -315,6 +341,15 @@ class FakeQuantizer(nn.Module):
         return all(getattr(f, "quant", None) is q for f, (_, q) in zip(modules, self.named_quantizers()))
 
     # -- switches --------------------------------------------------------------------------------------------------
+    @property
+    def token_mask(self) -> torch.Tensor | None:
+        """The token mask the observers read (the training batch's ``attention_mask``; None: every position)."""
+        return self.tokens.value
+
+    @token_mask.setter
+    def token_mask(self, value: torch.Tensor | None) -> None:
+        self.tokens.value = value
+
     @property
     def observers_enabled(self) -> bool:
         return all(obs.enabled for obs in self.observers())
