@@ -77,6 +77,7 @@ def test_compact_export_reloads_through_our_api(tmp_path, arch, task):
         "modeling_kp.py",
         "configuration_kp.py",
         "layouts.py",
+        "layout_fields.py",
         "fused_attention.py",
         "tokenizer.json",
         "tokenizer_config.json",

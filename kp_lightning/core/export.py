@@ -16,7 +16,7 @@ from torch import nn
 from kp_lightning.embedding.st_export import embedding_card_info, write_embedding_files
 from kp_lightning.errors import KPError
 
-from ..compact_model import configuration_kp, fused_attention, layouts, modeling_kp
+from ..compact_model import configuration_kp, fused_attention, layout_fields, layouts, modeling_kp
 from ..compact_model.layouts import layout_for_model_type
 from ..compact_model.modeling_kp import COMPACT_MODEL_CLASSES, LegacyCompactModelError
 from ..compact_model.registration import auto_map
@@ -27,7 +27,13 @@ from .model_card import render_model_card
 from .report import compression_report
 from .structure import EncoderStructure
 
-REMOTE_CODE_FILES = (configuration_kp.__file__, modeling_kp.__file__, layouts.__file__, fused_attention.__file__)
+REMOTE_CODE_FILES = (
+    configuration_kp.__file__,
+    modeling_kp.__file__,
+    layouts.__file__,
+    layout_fields.__file__,
+    fused_attention.__file__,
+)
 REPORT_FILE = "compression_report.json"
 
 
