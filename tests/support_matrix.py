@@ -117,7 +117,7 @@ CHECKS = (
         "test_masked_weights.py::test_default_selection_is_the_six_encoder_linears_per_layer",
         (SC,),
     ),
-    Check("QAT → int8 = fake quant", "test_quantization.py::test_int8_model_matches_fake_quant", (SC,)),
+    Check("QAT → int8 = fake quant", "test_int8_model.py::test_int8_model_matches_fake_quant", (SC,)),
     Check("sentence-transformers", "test_embedding_models.py::test_pooling_equals_sentence_transformers_encode", (M,)),
     Check(
         "prune.py → train.py validate",

@@ -39,7 +39,7 @@ from tests.test_export import run_fresh_python
 from tests.text_fixtures import save_tiny_model, write_sst2
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-INT8_TOLERANCE = 1e-5  # as tests/test_quantization.py: same integer grids and qparams, fp32 summation order only
+INT8_TOLERANCE = 1e-5  # as tests/test_int8_model.py: same integer grids and qparams, fp32 summation order only
 
 
 class StepCounter(pl.Callback):

@@ -271,7 +271,7 @@ def test_the_int8_model_of_an_embedding_model_embeds_text(tmp_path):
     embeddings = loaded.encode(TEXTS)  # tokenized with the tokenizer saved next to the model
     float_model = copy.deepcopy(fake)
     strip_fake_quant(float_model)
-    # as in tests/test_quantization.py: same integer grids and qparams, only fp32 summation order differs
+    # as in tests/test_int8_model.py: same integer grids and qparams, only fp32 summation order differs
     assert embeddings.shape == expected.shape == (len(TEXTS), embedding_dimension(fake))
     assert (embeddings - expected).abs().max() < 1e-5
     assert (pooled(float_model, "bert", MEAN) - expected).abs().max() > 10 * (embeddings - expected).abs().max()
