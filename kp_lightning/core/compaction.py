@@ -94,6 +94,15 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
         for key in [k for k in state if k.startswith(prefix)]:
             del state[key]
 
+    def put_rows(module: nn.Module, rows: torch.Tensor, columns: torch.Tensor | None = None) -> None:
+        """Keep ``rows`` of the weight (and its input ``columns``) and of the bias, when there is one."""
+        weight = module.weight[rows]
+        put(
+            module,
+            weight if columns is None else weight[:, columns],
+            None if module.bias is None else module.bias[rows],
+        )
+
     def scaled(bias: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor | None:
         return None if bias is None else bias[hid] * scale
 
@@ -129,7 +138,7 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
         else:
             for proj, blocks in view.head_projection_blocks:
                 rows = _index(view.head_rows(heads, blocks), device)
-                put(proj, proj.weight[rows][:, hid], None if proj.bias is None else proj.bias[rows])
+                put_rows(proj, rows, hid)
             dims = _index(view.head_rows(heads, 1), device)
             col_scale = masks.head[i].repeat_interleave(dh)[dims]
             weight = out.weight[hid][:, dims] * col_scale * row_scale[:, None]
@@ -144,7 +153,7 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
             put(down, None, scaled(down.bias, row_scale))
         else:
             rows = _index(view.neuron_rows(neurons), device)
-            put(up, up.weight[rows][:, hid], None if up.bias is None else up.bias[rows])
+            put_rows(up, rows, hid)
             kept = _index(neurons, device)
             weight = down.weight[hid][:, kept] * masks.neuron[i][kept] * row_scale[:, None]
             put(down, weight, scaled(down.bias, row_scale))
@@ -158,9 +167,8 @@ def _sliced_state_dict(adapter: EncoderAdapter, masks: StructuralMasks, structur
         reader(model.get_submodule(head.lm_transform))
     elif head.lm_transform:
         transform = model.get_submodule(head.lm_transform)
-        put(transform, transform.weight[hid][:, hid], None if transform.bias is None else transform.bias[hid])
-        lm_norm = model.get_submodule(head.lm_norm)
-        put(lm_norm, lm_norm.weight[hid], None if lm_norm.bias is None else lm_norm.bias[hid])
+        put_rows(transform, hid, hid)
+        put_rows(model.get_submodule(head.lm_norm), hid)
         decoder = model.get_submodule(head.lm_decoder)
         put(decoder, decoder.weight[:, hid])
     return state

@@ -180,17 +180,18 @@ def fold_masks_dense(model: nn.Module, masks: StructuralMasks) -> nn.Module:
         i = view.index
         pruned_heads = torch.nonzero(masks.head[i] == 0).flatten().tolist()
         for proj, blocks in view.head_projection_blocks:
-            rows = view.head_rows(pruned_heads, blocks)
-            proj.weight[rows] = 0
-            if proj.bias is not None:
-                proj.bias[rows] = 0
+            _zero_rows(proj, view.head_rows(pruned_heads, blocks))
         _scale_output(view.attention_out, masks.head[i].repeat_interleave(view.head_size), masks.attention[i])
-        pruned_neurons = view.neuron_rows(torch.nonzero(masks.neuron[i] == 0).flatten().tolist())
-        view.ffn_up.weight[pruned_neurons] = 0
-        if view.ffn_up.bias is not None:
-            view.ffn_up.bias[pruned_neurons] = 0
+        _zero_rows(view.ffn_up, view.neuron_rows(torch.nonzero(masks.neuron[i] == 0).flatten().tolist()))
         _scale_output(view.ffn_down, masks.neuron[i], masks.ffn[i])
     return dense
+
+
+def _zero_rows(projection: nn.Linear, rows: list[int]) -> None:
+    """Zero output ``rows`` of a projection (weight and bias, when there is one)."""
+    projection.weight[rows] = 0
+    if projection.bias is not None:
+        projection.bias[rows] = 0
 
 
 def _scale_output(projection: nn.Linear, columns: torch.Tensor, sublayer: torch.Tensor) -> None:
